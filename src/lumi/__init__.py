@@ -1,0 +1,13 @@
+"""Lumi: a lab for compact language-model architecture research."""
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `from lumi import register, LumiModel, ModelConfig` for plugin files, without
+    # importing torch when only the CLI's --help is needed.
+    if name in ("register", "LumiModel", "ModelConfig"):
+        import lumi.models as models
+
+        return getattr(models, name)
+    raise AttributeError(name)

@@ -1,0 +1,3 @@
+from lumi.cli import main
+
+raise SystemExit(main())

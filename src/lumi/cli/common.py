@@ -1,0 +1,80 @@
+"""Small helpers shared by the verb modules: --json output, model arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from lumi.errors import LumiError
+
+
+def add_json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print a machine-readable JSON object instead of tables")
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, default=_default)
+    sys.stdout.write("\n")
+
+
+def _default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if hasattr(o, "__fspath__"):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
+    """MODEL [--preset P] [--set key=value ...] [--model-file F] — shared by every model verb."""
+    if positional:
+        p.add_argument("model", help="registered model name (see `lumi models`), or NAME:PRESET")
+    p.add_argument("--preset", help="named preset of the model (see `lumi models`)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one model config field, e.g. --set n_layers=4 (repeatable)",
+    )
+    p.add_argument(
+        "--model-file",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="a Python file that registers your own architecture with @lumi.register (repeatable)",
+    )
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}; values are parsed as YAML scalars."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise LumiError(f"override {item!r} must look like FIELD=VALUE (e.g. n_layers=4)")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    return out
+
+
+def split_model_preset(model: str, preset: str | None) -> tuple[str, str | None]:
+    """'llama:nano' -> ('llama', 'nano'); an explicit --preset wins if both are given."""
+    if ":" in model:
+        name, p = model.split(":", 1)
+        return name, preset or p
+    return model, preset
+
+
+def load_plugins(files: list[str]) -> None:
+    if files:
+        from lumi.models.registry import load_model_file
+
+        for f in files:
+            load_model_file(f)

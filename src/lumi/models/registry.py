@@ -1,0 +1,202 @@
+"""Name -> architecture registry, presets, and user plugins (``--model-file``).
+
+Registering an architecture is one decorator on its class::
+
+    @register("llama", presets={"nano": dict(n_layers=2, d_model=64, n_heads=2)},
+              description="Decoder-only Transformer baseline")
+    class Llama(LumiModel):
+        config_class = LlamaConfig
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lumi.errors import LumiError, closest
+from lumi.models.base import LumiModel, ModelConfig
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    cls: type[LumiModel]
+    description: str
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Presets cheap enough to run `lumi check` on 2 CPU cores (the test suite runs them all).
+    cpu_presets: tuple[str, ...] = ()
+    source: str = "lumi"  # "lumi" or the plugin file that registered it
+
+    @property
+    def config_class(self) -> type[ModelConfig]:
+        return self.cls.config_class
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+_BUILTINS_LOADED = False
+
+# Modules that register the built-in zoo. Adding an architecture = one file + one line here.
+BUILTIN_MODULES: list[str] = [
+    "lumi.models.llama",
+]
+
+
+def register(
+    name: str,
+    *,
+    description: str,
+    presets: dict[str, dict[str, Any]] | None = None,
+    cpu_presets: tuple[str, ...] | list[str] | None = None,
+) -> Callable[[type[LumiModel]], type[LumiModel]]:
+    """Class decorator registering a model under ``name``."""
+
+    def wrap(cls: type[LumiModel]) -> type[LumiModel]:
+        if not (isinstance(cls, type) and issubclass(cls, LumiModel)):
+            raise TypeError(f"@register({name!r}) must decorate a LumiModel subclass")
+        if not dataclasses.is_dataclass(cls.config_class):
+            raise TypeError(f"{cls.__name__}.config_class must be a dataclass")
+        source = _CURRENT_PLUGIN[-1] if _CURRENT_PLUGIN else "lumi"
+        _REGISTRY[name] = ModelSpec(
+            name=name,
+            cls=cls,
+            description=description,
+            presets=dict(presets or {}),
+            cpu_presets=tuple(cpu_presets if cpu_presets is not None else ()),
+            source=source,
+        )
+        return cls
+
+    return wrap
+
+
+_CURRENT_PLUGIN: list[str] = []
+
+
+def _load_builtins() -> None:
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def load_model_file(path: str | Path) -> list[str]:
+    """Import a user's Python file so its ``@register`` calls run. Returns the new names."""
+    p = Path(path)
+    if not p.is_file():
+        raise LumiError(f"model file {str(p)!r} does not exist (expected a .py file that calls lumi.register)")
+    _load_builtins()
+    before = set(_REGISTRY)
+    mod_name = f"lumi_plugin_{abs(hash(str(p.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, p)
+    if spec is None or spec.loader is None:
+        raise LumiError(f"model file {str(p)!r} is not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    _CURRENT_PLUGIN.append(str(p))
+    try:
+        spec.loader.exec_module(module)
+    except LumiError:
+        raise
+    except Exception as e:  # the user's code failed: say which file and why
+        raise LumiError(f"model file {str(p)!r} raised on import: {type(e).__name__}: {e}") from e
+    finally:
+        _CURRENT_PLUGIN.pop()
+    new = sorted(set(_REGISTRY) - before)
+    reregistered = [n for n, s in _REGISTRY.items() if s.source == str(p)]
+    return sorted(set(new) | set(reregistered))
+
+
+def list_models() -> list[ModelSpec]:
+    _load_builtins()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def get_spec(name: str) -> ModelSpec:
+    _load_builtins()
+    if name not in _REGISTRY:
+        names = sorted(_REGISTRY)
+        raise LumiError(f"unknown model {name!r}{closest(name, names)}; registered models: {', '.join(names)}")
+    return _REGISTRY[name]
+
+
+def make_config(
+    name: str,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    vocab_size: int | None = None,
+) -> ModelConfig:
+    """Resolve preset + overrides (+ the tokenizer's vocab size) into a validated config."""
+    spec = get_spec(name)
+    values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in spec.presets:
+            choices = sorted(spec.presets)
+            raise LumiError(
+                f"unknown preset {preset!r} for model {name!r}{closest(preset, choices)}; "
+                f"presets: {', '.join(choices) or '(none)'}"
+            )
+        values.update(spec.presets[preset])
+    if vocab_size is not None:
+        values["vocab_size"] = vocab_size
+    values.update(overrides or {})
+    fields = {f.name: f for f in dataclasses.fields(spec.config_class)}
+    for key in values:
+        if key not in fields:
+            raise LumiError(
+                f"unknown config field {key!r} for model {name!r}{closest(key, list(fields))}; "
+                f"fields: {', '.join(sorted(fields))}"
+            )
+    values = {k: _coerce(name, fields[k], v) for k, v in values.items()}
+    config = spec.config_class(**values)
+    config.validate()
+    return config
+
+
+def build_model(
+    name: str,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    vocab_size: int | None = None,
+) -> LumiModel:
+    spec = get_spec(name)
+    config = make_config(name, preset, overrides, vocab_size)
+    return spec.cls(config)
+
+
+def model_from_config(name: str, config_values: dict[str, Any]) -> LumiModel:
+    """Rebuild a model from a saved, fully resolved config dict (e.g. a run's config.yaml)."""
+    return build_model(name, None, config_values)
+
+
+def _coerce(model: str, f: dataclasses.Field, value: Any) -> Any:
+    """Convert command-line strings to the field's type; say which field is wrong."""
+    if not isinstance(value, str):
+        return value
+    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    typ = typ.replace(" ", "")
+    try:
+        if typ in ("int",):
+            return int(value)
+        if typ in ("float",):
+            return float(value)
+        if typ in ("bool",):
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typ in ("int|None", "Optional[int]"):
+            return None if value.lower() in ("none", "null") else int(value)
+        if typ in ("float|None", "Optional[float]"):
+            return None if value.lower() in ("none", "null") else float(value)
+    except ValueError:
+        raise LumiError(f"config field {f.name!r} of model {model!r} expects {typ}, got {value!r}") from None
+    return value
