@@ -43,6 +43,11 @@ _BUILTINS_LOADED = False
 # Modules that register the built-in zoo. Adding an architecture = one file + one line here.
 BUILTIN_MODULES: list[str] = [
     "lumi.models.llama",
+    "lumi.models.bytepatch",
+    "lumi.models.spacebyte",
+    "lumi.models.multiscale",
+    "lumi.models.mla",
+    "lumi.models.vocabspace",
 ]
 
 

@@ -1,0 +1,196 @@
+"""`lumi compare`: train several arms x seeds under a matched budget and write an honest report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from lumi.cli.common import add_json_flag, print_json
+from lumi.errors import LumiError
+
+HELP = "matched multi-seed comparison of architectures, with paired statistics and a report (the main job)"
+
+DESCRIPTION = """\
+Does an idea beat the baseline at the same budget? Train every ARM with the same seeds (and, for
+each seed, the same data order), under a matched budget, then report final validation bits per
+byte with paired statistics. Without arguments it runs the built-in default comparison on the
+Shakespeare corpus (about 5 minutes on 2 CPU cores) into compare/default/.
+
+ARM:  MODEL[:PRESET][+FIELD=VALUE...]    e.g. llama:micro   llama:micro+mlp=relu2+qk_norm=true
+      LABEL=MODEL[:PRESET]...            e.g. relu2=llama:micro+mlp=relu2
+The FIRST arm is the baseline (or --baseline LABEL). Plugin architectures: --model-file my_arch.py.
+
+Matching (--match, default tokens):
+  tokens  every arm trains on the same number of tokens (same steps: arms share seq_len and batch)
+  flops   every arm gets the same training FLOPs; its tokens = budget FLOPs / its FLOPs per token
+          (a token/step budget means the baseline's tokens, converted through its FLOPs/token)
+  time    every arm trains for the same wall-clock seconds
+A time budget with --match tokens|flops is converted once, from the baseline's measured throughput.
+
+Statistics, per arm against the baseline over paired seeds: mean ± std of final val BPB, the
+mean paired difference (Δ < 0 favours the arm) with a 95% t confidence interval, the paired t-test
+and the exact sign-flip permutation test p-values, "k of n seeds favour", and ✓ when |Δ| >= the
+threshold (default 0.005 BPB) AND the CI excludes 0. All seeds are shown; nothing is best-of-n.
+Every run's curve is diagnosed: descending, plateaued, unstable, diverged, overfitting, suspicious.
+
+Before training, `lumi check` runs on every arm: an arm that sees the future is refused
+(--allow-leaky trains it, flagged suspicious). Each run is its own `lumi train` process in
+compare/<name>/runs/<arm>/seed-<k>/, so a crashing arm does not stop the others. Re-running the same
+command reuses finished runs and resumes interrupted ones; a different spec in the same directory is
+refused (--force starts a fresh directory and keeps the old one beside it).
+
+Writes compare/<name>/: report.md, results.json, bpb_vs_tokens.png, bpb_vs_flops.png, bpb_vs_wall.png.
+"""
+
+EPILOG = """\
+examples:
+  lumi compare                                              # the built-in default comparison
+  lumi compare llama:nano llama:nano+qk_norm=true --seeds 3 --budget 400steps
+  lumi compare llama:micro mine:micro --model-file my_arch.py --match flops --budget 2m --jobs 2
+  lumi compare --config cmp.yaml --seeds 0,1,2,3,4 --threshold 0.01
+
+cmp.yaml:
+  name: relu2-vs-swiglu
+  arms:
+    - {model: llama:micro, label: swiglu}           # first arm = baseline
+    - {model: llama:micro, overrides: {mlp: relu2}, label: relu2}
+    - {model: mine:micro, files: [my_arch.py], optim: {lr: 2e-3}}
+  seeds: 3
+  budget: 600steps
+  match: tokens
+  data: {corpus: shakespeare, tokenizer: "bpe:4096"}
+  train: {seq_len: 128, batch_size: 16, eval_every_steps: 100}
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("compare", help=HELP, description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("arms", nargs="*", metavar="ARM", help="MODEL[:PRESET][+FIELD=VALUE...] (first = baseline)")
+    p.add_argument("--config", metavar="FILE.yaml", help="comparison spec (arms, seeds, budget, match, data, train)")
+    p.add_argument("--baseline", metavar="LABEL", help="the arm the others are compared against (default: the first)")
+    p.add_argument("--seeds", help="number of seeds (3 -> 0,1,2) or a list (0,5,7); default 2")
+    p.add_argument("--budget", help="per-run budget: 600steps, 2M tokens, 3e14flops, 90s, 2m, 1h")
+    p.add_argument("--match", choices=("tokens", "flops", "time"), help="what is equal across arms (default tokens)")
+    p.add_argument("--threshold", type=float, metavar="BPB",
+                   help="smallest |Δ| in BPB that counts as a difference (default 0.005)")
+    p.add_argument("--jobs", type=int, metavar="N", help="runs in parallel (CPU threads are divided among them)")
+    p.add_argument("--name", help="comparison name: the directory compare/<name> (default from the arms)")
+    p.add_argument("--out", metavar="DIR", help="comparison directory (default compare/<name>)")
+    p.add_argument("--corpus", help="corpus spec: shakespeare, pystdlib, files:PATH ... (default shakespeare)")
+    p.add_argument("--tokenizer", help="tokenizer spec: bytes, bpe:N (default bpe:4096)")
+    p.add_argument("--data", metavar="DIR", help="an already prepared data directory (lumi data prepare)")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="shared setting for every arm: train.seq_len=64, optim.lr=1e-3 ... (repeatable)")
+    p.add_argument("--model-file", action="append", default=[], metavar="FILE.py",
+                   help="a Python file registering your architecture; attached to the arms using its models")
+    p.add_argument("--allow-leaky", action="store_true",
+                   help="train arms that fail the causality check (their results are flagged suspicious)")
+    p.add_argument("--force", action="store_true",
+                   help="the directory holds a different comparison: start fresh (the old one is kept beside it)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed runs again instead of reporting them")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def build_spec(args: argparse.Namespace):
+    """The CompareSpec from --config / the default, then the command line on top."""
+    import yaml
+
+    from lumi.compare.arms import parse_arm
+    from lumi.compare.spec import auto_name, default_spec_dict, load_spec_file, spec_from_dict
+
+    if args.config:
+        raw: dict[str, Any] = load_spec_file(args.config)
+        where = args.config
+        default_name = Path(args.config).stem
+        if args.arms:
+            raise LumiError(f"arms are given both in {args.config} and on the command line; use one of them")
+    else:
+        raw = default_spec_dict()
+        where = "command line"
+        default_name = "default"
+        if args.arms:
+            raw.pop("name", None)
+            raw["arms"] = [parse_arm(a).to_dict() | {"model": _arm_model(a)} for a in args.arms]
+            for entry in raw["arms"]:
+                entry.pop("name", None)
+                entry.pop("preset", None)
+    for key in ("baseline", "seeds", "budget", "match", "threshold", "jobs", "name"):
+        value = getattr(args, key)
+        if value is not None:
+            raw[key] = value
+    if args.allow_leaky:
+        raw["allow_leaky"] = True
+    data = dict(raw.get("data") or {})
+    if args.corpus:
+        data["corpus"] = args.corpus
+    if args.tokenizer:
+        data["tokenizer"] = args.tokenizer
+    if args.data:
+        data["dir"] = str(Path(args.data).expanduser().resolve())
+    raw["data"] = data
+    for item in args.settings:
+        key, eq, value = item.partition("=")
+        section, dot, field = key.strip().partition(".")
+        if not eq or not dot or section not in ("train", "optim", "data") or not field:
+            raise LumiError(f"--set {item!r} must look like train.KEY=VALUE, optim.KEY=VALUE or data.KEY=VALUE "
+                            "(e.g. --set train.seq_len=64); per-arm model fields go in the arm: llama:nano+mlp=relu2")
+        raw.setdefault(section, {})
+        raw[section] = dict(raw[section] or {})
+        raw[section][field] = yaml.safe_load(value) if value.strip() else ""
+    spec = spec_from_dict(raw, where, default_name=default_name)
+    if args.arms and not args.name and not args.config:
+        spec.name = auto_name(spec.arms)
+    _attach_model_files(spec, args.model_file)
+    return spec
+
+
+def _arm_model(text: str) -> str:
+    """The MODEL[:PRESET][+k=v] part of a CLI arm (without a LABEL= prefix)."""
+    head, _, rest = text.partition("=")
+    return rest if rest and ":" not in head and "+" not in head else text
+
+
+def _attach_model_files(spec, files: list[str]) -> None:
+    """Load each --model-file and attach it to the arms whose model it registers (or all, if none match)."""
+    if not files:
+        return
+    from lumi.models.registry import load_model_file
+
+    for f in files:
+        names = set(load_model_file(f))
+        users = [a for a in spec.arms if a.name in names] or spec.arms
+        for arm in users:
+            if f not in arm.files:
+                arm.files.append(f)
+    for arm in spec.arms:  # a plugin arm without its file: say which file is missing
+        for f in arm.files:
+            if not Path(f).is_file():
+                raise LumiError(f"arm {arm.label!r}: model file {f!r} does not exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lumi.compare.comparison import run_comparison
+    from lumi.compare.report import print_table
+
+    spec = build_spec(args)
+    comp_dir = Path(args.out) if args.out else Path("compare") / spec.name
+    progress = not args.no_progress
+    results, files = run_comparison(spec, comp_dir, force=args.force, retry_failed=args.retry_failed,
+                                    progress=progress, make_plots=not args.no_plots)
+    if args.json:
+        print_json(results)
+        return 0
+    print_table(results)
+    print(f"\nreport:  {files['report']}")
+    print(f"results: {files['results']}")
+    plots = [str(p) for k, p in files.items() if k.endswith(".png")]
+    if plots:
+        print("plots:   " + "  ".join(plots))
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,181 @@
+"""`lumi train`: train one model under a budget into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+from typing import Any
+
+from lumi.cli.common import add_json_flag, print_json
+from lumi.errors import LumiError
+
+HELP = "train one model under a budget into runs/<name>/"
+
+DESCRIPTION = """\
+Train one model under a budget and write a run directory:
+  config.yaml    the fully resolved configuration (re-running it reproduces the run)
+  env.json       versions, device, threads, git revision
+  metrics.jsonl  train rows (step, tokens, loss, lr, tok_per_s, flops, mfu ...) and eval rows (val_bpb ...)
+  summary.json   params, FLOPs/token, tokens, wall time, final validation BPB + its protocol, status
+  checkpoints/latest/  model.safetensors, model_config.json, optimizer.pt, state.json (atomic)
+
+Configuration = defaults <- --config FILE.yaml <- MODEL[:PRESET] <- --set key=value <- flags.
+Keys are dotted: optim.lr, optim.name (adamw|muon), optim.schedule (wsd|cosine|constant),
+train.seq_len, train.batch_size (global sequences per step), train.grad_accum, train.seed,
+data.corpus, data.tokenizer, model.overrides.n_layers ... A key without a dot is a model field
+(--set n_layers=4 == --set model.overrides.n_layers=4).
+
+Budgets: 2000steps | 5M tokens | 5Mtok | 3e14flops | 90s | 10m | 1h  (lower-case m = minutes).
+A wall-clock budget counts training time only (not evals/checkpoints), and the lr schedule is keyed
+to the elapsed fraction, so the run still ends annealed.
+
+Seeds: --seed sets both the initialisation and the data order; train.init_seed / train.data_seed
+override one of them. The same seed on the same machine reproduces a CPU run bit for bit, and two
+models with the same seed, seq_len and batch size see exactly the same batches.
+
+Ctrl-C (or SIGTERM) finishes the step, writes a checkpoint and marks the run interrupted; a run
+killed outright continues from its last checkpoint with --resume and ends exactly as if never stopped.
+Multi-process: torchrun --nproc_per_node N -m lumi train ... (DDP; see docs/training.md).
+"""
+
+EPILOG = """\
+examples:
+  lumi train llama:micro --budget 2m
+  lumi train llama:nano --set optim.name=muon --set train.batch_size=32 --budget 5M tokens --seed 1
+  lumi train --config my_run.yaml --set optim.lr=1e-3 --out runs/lr-1e-3
+  lumi train my_arch:small --model-file my_arch.py --data ~/.cache/lumi/prepared/shakespeare__bpe-4096
+  lumi train --resume runs/llama-micro-20250101-120000
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help=HELP, description=DESCRIPTION, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", help="registered model, optionally with a preset: llama or llama:micro "
+                                            "(default: from --config, else llama:micro)")
+    p.add_argument("--preset", help="model preset (same as MODEL:PRESET)")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file with model/data/optim/train sections")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key, e.g. optim.lr=1e-3 or train.seq_len=256 (repeatable)")
+    p.add_argument("--budget", help="how long to train: 2000steps, 5M tokens, 3e14flops, 90s, 10m, 1h")
+    p.add_argument("--seed", type=int, help="seed for initialisation and data order")
+    p.add_argument("--corpus", help="corpus spec (shakespeare, pystdlib, files:PATH ...); prepared on the fly")
+    p.add_argument("--tokenizer", help="tokenizer spec (bytes, bpe:4096 ...)")
+    p.add_argument("--data", metavar="DIR", help="an already prepared data directory (lumi data prepare)")
+    p.add_argument("--model-file", action="append", default=[], metavar="FILE.py",
+                   help="a Python file that registers your own architecture (repeatable)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/<name>)")
+    where.add_argument("--name", help="run name (default <model>-<preset>-<timestamp>); the run goes to runs/<name>")
+    where.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted or killed run from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    add_json_flag(p)
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace):
+    """The run's TrainConfig from the command line (and, with --resume, the run's saved config)."""
+    from lumi.train.config import TrainConfig, apply_override, load_config
+
+    if args.resume:
+        from lumi.train.rundir import read_run_config
+
+        if args.config:
+            raise LumiError("--resume continues a run with its own config.yaml; do not pass --config with it")
+        cfg = read_run_config(Path(args.resume))
+    else:
+        cfg = load_config(args.config) if args.config else TrainConfig()
+    if args.model:
+        name, _, preset = args.model.partition(":")
+        if name != cfg.model.name:  # a different architecture: its presets and fields differ
+            cfg.model.overrides, cfg.model.preset = {}, None
+        cfg.model.name = name
+        if preset:
+            cfg.model.preset = preset
+    if args.preset:
+        cfg.model.preset = args.preset
+    for item in args.overrides:
+        key = item.split("=", 1)[0].strip()
+        apply_override(cfg, item if "." in key or key == "name" else f"model.overrides.{item.strip()}")
+    if args.budget:
+        cfg.train.budget = args.budget
+    if args.seed is not None:
+        cfg.train.seed = args.seed
+    if args.corpus:
+        cfg.data.corpus = args.corpus
+    if args.tokenizer:
+        cfg.data.tokenizer = args.tokenizer
+    if args.data:
+        cfg.data.dir = str(Path(args.data).expanduser().resolve())
+    for f in args.model_file:
+        path = str(Path(f).expanduser().resolve())
+        if path not in cfg.model.files:
+            cfg.model.files.append(path)
+    if args.name:
+        cfg.name = args.name
+    cfg.validate("command line")
+    return cfg
+
+
+def default_run_name(cfg) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.model.name}-{cfg.model.preset or 'custom'}-{stamp}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from lumi.train.distributed import broadcast_object, setup_distributed
+    from lumi.train.loop import check_run_dir, train
+
+    cfg = build_config(args)
+    info = setup_distributed(cfg.train.device)
+    if args.resume:
+        run_dir = Path(args.resume)
+    elif args.out:
+        run_dir = Path(args.out)
+    else:
+        if not cfg.name:
+            cfg.name = broadcast_object(info, default_run_name(cfg))  # every rank must pick the same directory
+        run_dir = Path("runs") / cfg.name
+    check_run_dir(cfg, run_dir, bool(args.resume))  # fail before printing anything
+    main = info.is_main
+    if main:
+        out = sys.stderr if args.json else sys.stdout
+        verb = "resuming" if args.resume else "training"
+        print(f"{verb} {cfg.model.name}:{cfg.model.preset or 'custom'} into {run_dir} "
+              f"(budget {cfg.train.budget}, seed {cfg.train.seed}) with config:", file=out)
+        print("  " + cfg.to_yaml().rstrip().replace("\n", "\n  "), file=out, flush=True)
+    summary = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    if main:
+        if args.json:
+            print_json(summary)
+        else:
+            print_summary(summary)
+    return {"completed": 0, "interrupted": 130, "diverged": 1}.get(summary["status"], 1)
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    def num(x: float | None, unit: str = "") -> str:
+        if x is None:
+            return "n/a"
+        for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(x) >= div:
+                return f"{x / div:.3g}{suffix}{unit}"
+        return f"{x:.3g}{unit}"
+
+    print(f"\nrun {s['run_dir']}: {s['status']}" + (f" — {s['error']}" if s.get("error") else ""))
+    print(f"  model   {s['model']}:{s['preset'] or 'custom'}  params {num(s['params'])} "
+          f"(non-embedding {num(s['non_embedding_params'])})  FLOPs/token {num(s['flops_per_token'])}  "
+          f"vocab {s['vocab_size']} ({s['tokenizer']})")
+    mfu = f"  MFU {100 * s['mfu']:.1f}%" if s.get("mfu") else ""
+    tps = f"{s['tok_per_s']:,.0f} tok/s" if s.get("tok_per_s") else "n/a tok/s"
+    print(f"  trained {s['steps']} steps, {num(s['tokens'])} tokens, {num(s['flops'])} FLOPs in "
+          f"{s['train_s']:.1f}s (wall {s['wall_s']:.1f}s)  {tps}{mfu}  on {s['device']} ({s['precision']})")
+    if s.get("final_val_bpb") is not None:
+        p = s["final_val_protocol"]
+        print(f"  final val BPB {s['final_val_bpb']:.4f}  (loss {s['final_val_loss']:.4f} nats/token; {p['subset']}: "
+              f"{p['targets']:,} targets, {p['bytes']:,} bytes, windows of {p['seq_len']}, stride {p['stride']}, "
+              f"documents {p['documents']})")
+    if s.get("unigram_val_bpb") is not None:
+        print(f"  unigram baseline val BPB {s['unigram_val_bpb']:.4f}")

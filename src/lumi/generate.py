@@ -1,0 +1,216 @@
+"""Sampling text from a model: greedy / temperature / top-k / top-p, with a KV cache when the model has one.
+
+    model, tokenizer = load_run_model("runs/llama-nano")
+    ids = generate(model, [tokenizer.sep_id] + tokenizer.encode("ROMEO:"), 100, temperature=0.8, top_k=50)
+    print(tokenizer.decode(ids))
+
+A model with ``new_cache()`` is decoded incrementally: the prompt once, then one token per step
+through ``model(tokens, cache=cache)``. Any other model re-runs the full forward every step
+(cropped to its maximum context, if it has one). Under greedy decoding (temperature 0) the two
+paths must give identical tokens; the tests check it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from lumi.errors import LumiError
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> int:
+    """One token id from the logits [V] of the next position. temperature 0 = argmax."""
+    logits = logits.detach().float().cpu()
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the most likely token always stays).
+        drop = (probs.cumsum(-1) - probs) >= top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _validate(prompt_ids: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
+              top_p: float | None, vocab_size: int | None) -> None:
+    if not prompt_ids:
+        raise LumiError("the prompt is empty: give at least one token (lumi generate prepends the document "
+                        "separator, so an empty --prompt \"\" works there)")
+    if vocab_size is not None:
+        bad = [i for i in prompt_ids if not 0 <= int(i) < vocab_size]
+        if bad:
+            raise LumiError(f"prompt token id {bad[0]} is outside the model's vocabulary [0, {vocab_size})")
+    if max_new_tokens < 0:
+        raise LumiError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise LumiError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise LumiError(f"--top-k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise LumiError(f"--top-p must be in (0, 1], got {top_p}")
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    prompt_ids: Iterable[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    stop_ids: Iterable[int] | None = None,
+) -> list[int]:
+    """Continue ``prompt_ids``; returns only the new token ids (stops early after a ``stop_ids`` token)."""
+    prompt = [int(i) for i in prompt_ids]
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    _validate(prompt, max_new_tokens, temperature, top_k, top_p, vocab)
+    stops = set(int(i) for i in (stop_ids or ()))
+    from lumi.check.context import max_len_of
+
+    max_len = max_len_of(model)  # learned-position models cannot see past this
+    cached = use_cache and hasattr(model, "new_cache") and (max_len is None or len(prompt) + max_new_tokens <= max_len)
+    generator = torch.Generator()
+    if seed is not None:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        ids = torch.tensor([prompt], dtype=torch.long, device=device)
+        if cached:
+            cache = model.new_cache()
+            logits = model(ids, cache=cache)[0, -1]
+        else:
+            logits = model(ids if max_len is None else ids[:, -max_len:])[0, -1]
+        out: list[int] = []
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            out.append(nxt)
+            if nxt in stops or step == max_new_tokens - 1:
+                break
+            new = torch.tensor([[nxt]], dtype=torch.long, device=device)
+            if cached:
+                logits = model(new, cache=cache)[0, -1]
+            else:
+                ids = torch.cat([ids, new], dim=1)
+                logits = model(ids if max_len is None else ids[:, -max_len:])[0, -1]
+        return out
+    finally:
+        model.train(was_training)
+
+
+# -- loading a trained run ------------------------------------------------------------------------
+
+def find_run_dir(path: str | Path) -> tuple[Path, Path]:
+    """(run directory, checkpoint directory) for a run dir, a checkpoint dir or a model.safetensors file."""
+    p = Path(path)
+    if not p.exists():
+        raise LumiError(f"{str(p)!r} does not exist; give a run directory written by `lumi train` "
+                        "(runs/<name>), one of its checkpoint directories, or a model.safetensors file")
+    if p.is_file():
+        if p.suffix != ".safetensors":
+            raise LumiError(f"{str(p)!r} is not a run directory or a .safetensors checkpoint")
+        ckpt = p.parent
+    elif (p / "model.safetensors").is_file():
+        ckpt = p
+    elif (p / "config.yaml").is_file():
+        from lumi.train.checkpoint import find_checkpoint
+
+        ckpt = find_checkpoint(p / "checkpoints")
+        if ckpt is None:
+            raise LumiError(f"run directory {str(p)!r} has no complete checkpoint under "
+                            f"{p / 'checkpoints'} (expected latest/model.safetensors); did the run save one?")
+        return p, ckpt
+    else:
+        raise LumiError(f"{str(p)!r} is not a run directory: it has neither config.yaml nor model.safetensors")
+    for parent in [ckpt, *ckpt.parents]:
+        if (parent / "config.yaml").is_file():
+            return parent, ckpt
+    raise LumiError(f"cannot find the run's config.yaml above checkpoint {str(ckpt)!r}; "
+                    "it says which model and tokenizer the weights belong to")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise LumiError(f"{path}: unreadable run config ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict) or not data["model"].get("name"):
+        raise LumiError(f"{path}: expected a run config with a 'model: {{name: ...}}' section")
+    return data
+
+
+def _resolve_plugin(file: str, run_dir: Path) -> Path:
+    p = Path(file)
+    if p.is_file() or p.is_absolute():
+        return p
+    return run_dir / p if (run_dir / p).is_file() else p  # else load_model_file names the missing path
+
+
+def _load_run_tokenizer(run_dir: Path, data: dict[str, Any]):
+    from lumi.data.tokenizers import BytesTokenizer, load_tokenizer
+
+    candidates: list[Path] = []
+    if data.get("dir"):
+        candidates.append(Path(data["dir"]))
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        if summary.get("data"):
+            candidates.append(Path(summary["data"]))
+    except (OSError, ValueError):
+        pass
+    if data.get("corpus") and data.get("tokenizer"):
+        from lumi.data.paths import default_data_dir
+
+        candidates.append(default_data_dir(str(data["corpus"]), str(data["tokenizer"])))
+    for d in candidates:
+        if (d / "lumi_tokenizer.json").is_file():
+            return load_tokenizer(d)
+    if str(data.get("tokenizer", "")).strip() == "bytes":
+        return BytesTokenizer()  # needs no files
+    tried = ", ".join(str(d) for d in candidates) or "(no data section in config.yaml)"
+    raise LumiError(f"cannot find the tokenizer of run {str(run_dir)!r}: no prepared data with "
+                    f"lumi_tokenizer.json at {tried}; re-run `lumi data prepare` for its corpus and tokenizer")
+
+
+def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer) of a `lumi train` run, from its latest complete checkpoint."""
+    from lumi.models.registry import load_model_file, model_from_config
+    from lumi.train.checkpoint import load_model_weights
+
+    run, ckpt = find_run_dir(run_dir)
+    cfg = _read_yaml(run / "config.yaml")
+    model_cfg = cfg["model"]
+    for f in model_cfg.get("files") or []:
+        load_model_file(_resolve_plugin(str(f), run))
+    config_path = ckpt / "model_config.json"
+    try:
+        values = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise LumiError(f"checkpoint {str(ckpt)!r} has no model_config.json (the resolved model config)") from None
+    except (OSError, ValueError) as e:
+        raise LumiError(f"{config_path}: unreadable model config ({e})") from None
+    model = model_from_config(str(model_cfg["name"]), values)
+    load_model_weights(ckpt, model, device)
+    model.to(device).eval()
+    tokenizer = _load_run_tokenizer(run, cfg.get("data") or {})
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise LumiError(f"the tokenizer found for {str(run)!r} has {tokenizer.vocab_size} ids but the model was "
+                        f"trained with vocab_size {model.config.vocab_size}; the prepared data changed")
+    return model, tokenizer

@@ -1,0 +1,246 @@
+"""Pieces shared by the byte-level patch models (`bytepatch`, `spacebyte`, `bltpatch`).
+
+- hashed byte n-gram embeddings (LayerCake / BLT style), causal: the n-gram at position i is the
+  n bytes ENDING at i, so it never reads a later byte;
+- patch-boundary rules on byte streams: SpaceByte's "spacelike" rule and a forced maximum patch
+  length; ids >= 256 (the bytes tokenizer's document separator) always start a patch;
+- gather / scatter of boundary positions into a fixed-capacity global sequence;
+- a sliding-window variant of the shared attention layer;
+- closed-form parameter counts of llama blocks (for the param-formula tests).
+
+A boundary at position t means "the global model runs at position t": its output there is
+built from bytes 0..t only and helps every prediction made at positions >= t.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lumi.errors import LumiError
+from lumi.models.layers import Attention, RotaryEmbedding
+from lumi.models.llama import LlamaConfig, llama_layer_matmul_params
+
+# Multipliers of the rolling polynomial hash, one per n (any odd constants > 256 would do).
+_HASH_MULTIPLIERS = (1_000_003, 998_244_353, 1_000_000_007, 754_974_721, 167_772_161, 469_762_049, 2_013_265_921)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashed n-gram embeddings
+# ---------------------------------------------------------------------------------------------
+def hashed_ngram_ids(tokens: torch.Tensor, n: int, buckets: int) -> torch.Tensor:
+    """Bucket id of the n bytes ending at each position (positions before the start count as 0).
+
+    h = (...((x_{i-n+1}+1) * a + (x_{i-n+2}+1)) * a + ... + (x_i+1)) mod buckets, with a fixed
+    multiplier a per n. Uses int64 arithmetic reduced mod ``buckets`` at every step (no overflow).
+    """
+    if n < 1:
+        raise ValueError(f"n-gram order must be >= 1, got {n}")
+    a = _HASH_MULTIPLIERS[(n - 2) % len(_HASH_MULTIPLIERS)]  # < 2^31; h < buckets <= 2^24: no overflow
+    x = tokens.long() + 1  # 0 is reserved for "before the start of the sequence"
+    h = torch.zeros_like(x)
+    for j in range(n - 1, -1, -1):  # oldest byte first
+        shifted = F.pad(x, (j, 0))[:, : x.shape[1]] if j else x  # x_{i-j}, 0 where i-j < 0
+        h = (h * a + shifted) % buckets
+    return h
+
+
+class HashNgramEmbedding(nn.Module):
+    """Sum over n = 2..ngram_max of a per-n embedding table indexed by the hashed n-gram."""
+
+    def __init__(self, ngram_max: int, buckets: int, dim: int) -> None:
+        super().__init__()
+        self.orders = list(range(2, ngram_max + 1))
+        self.buckets = buckets
+        self.tables = nn.ModuleList([nn.Embedding(buckets, dim) for _ in self.orders])
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = None
+        for n, table in zip(self.orders, self.tables):
+            e = table(hashed_ngram_ids(tokens, n, self.buckets))
+            out = e if out is None else out + e
+        return out
+
+    def num_params(self) -> int:
+        return sum(t.weight.numel() for t in self.tables)
+
+
+def ngram_params(ngram_max: int, buckets: int, dim: int) -> int:
+    return max(0, ngram_max - 1) * buckets * dim
+
+
+MAX_NGRAM_BUCKETS = 1 << 24
+
+
+def validate_ngrams(ngram_max: int, ngram_buckets: int) -> None:
+    if ngram_max < 0 or ngram_max == 1 or ngram_max > 8:
+        raise LumiError(f"ngram_max must be 0 (off) or 2..8 (hashed n-gram embeddings for n = 2..ngram_max), "
+                        f"got {ngram_max}")
+    if ngram_max and not 1 <= ngram_buckets <= MAX_NGRAM_BUCKETS:
+        raise LumiError(f"ngram_buckets must be in 1..{MAX_NGRAM_BUCKETS}, got {ngram_buckets}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Boundary rules
+# ---------------------------------------------------------------------------------------------
+def is_spacelike(tokens: torch.Tensor) -> torch.Tensor:
+    """SpaceByte: a byte that is not an ASCII letter, an ASCII digit or a UTF-8 continuation byte
+    (0x80-0xBF). Ids >= 256 (separator / specials) count as spacelike."""
+    x = tokens
+    letter = ((x >= 65) & (x <= 90)) | ((x >= 97) & (x <= 122))
+    digit = (x >= 48) & (x <= 57)
+    continuation = (x >= 0x80) & (x <= 0xBF)
+    return ~(letter | digit | continuation)
+
+
+def spacelike_boundaries(tokens: torch.Tensor) -> torch.Tensor:
+    """bool [B, T]: spacelike byte whose predecessor is not spacelike; position 0 and ids >= 256 always."""
+    s = is_spacelike(tokens)
+    prev = F.pad(s, (1, 0), value=True)[:, :-1]
+    b = s & ~prev
+    b |= tokens >= 256
+    b[:, 0] = True
+    return b
+
+
+def force_max_patch(boundaries: torch.Tensor, max_patch: int) -> torch.Tensor:
+    """Add a boundary every ``max_patch`` positions after the last boundary (causal: the decision at
+    t depends on boundaries <= t only). Position 0 must already be a boundary."""
+    b, t = boundaries.shape
+    pos = torch.arange(t, device=boundaries.device).expand(b, t)
+    last = torch.where(boundaries, pos, torch.zeros_like(pos)).cummax(dim=1).values
+    return (pos - last) % max_patch == 0
+
+
+def global_capacity(seq_len: int, global_patch_len: int) -> int:
+    """Number of positions the global model processes for a sequence of ``seq_len`` bytes."""
+    return math.ceil(seq_len / global_patch_len)
+
+
+def gather_index(boundaries: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the first ``capacity`` boundaries of each row, padded with T.
+
+    Returns (index [B, capacity] with values in 0..T where T marks padding, kept [B, T] bool).
+    Keeping the FIRST boundaries is causal: whether boundary t is kept depends on the number of
+    boundaries at positions <= t.
+    """
+    b, t = boundaries.shape
+    rank = boundaries.long().cumsum(dim=1) - 1
+    kept = boundaries & (rank < capacity)
+    column = torch.where(kept, rank, torch.full_like(rank, capacity))  # unkept -> a spare column
+    index = torch.full((b, capacity + 1), t, dtype=torch.long, device=boundaries.device)
+    pos = torch.arange(t, device=boundaries.device).expand(b, t)
+    index.scatter_(1, column, pos)
+    index[:, capacity] = t  # the spare column collected the unkept positions: drop it
+    return index[:, :capacity], kept
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B, T, D] -> [B, C, D] rows at ``index``; index T gives a zero row."""
+    x_pad = F.pad(x, (0, 0, 0, 1))
+    return x_pad.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def scatter_add_rows(x: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x [B, T, D] + rows [B, C, D] added at ``index``; rows at index T (padding) are discarded."""
+    b, t, d = x.shape
+    upd = x.new_zeros(b, t + 1, d).scatter_add(1, index[..., None].expand(-1, -1, d), rows.to(x.dtype))
+    return x + upd[:, :t]
+
+
+def boundary_stats(boundaries: torch.Tensor, kept: torch.Tensor) -> dict[str, float]:
+    n = float(boundaries.sum())
+    return {
+        "mean_patch_len": boundaries.numel() / max(n, 1.0),
+        "dropped_boundary_frac": (n - float(kept.sum())) / max(n, 1.0),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Sliding-window attention
+# ---------------------------------------------------------------------------------------------
+class SlidingWindowAttention(Attention):
+    """The shared attention layer, but each query sees only the last ``window`` positions
+    (itself included). An explicit band mask: on the MATH backend the scores are still computed over
+    the full T x T, which is what the FLOPs convention counts."""
+
+    def __init__(self, *args, window: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.window = window
+
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        if cache is not None:
+            raise NotImplementedError("sliding-window attention has no KV cache")
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            cos, sin = self.rope.cos_sin(t, 0, x.device)
+            q, k = RotaryEmbedding.apply(q, cos, sin), RotaryEmbedding.apply(k, cos, sin)
+        if self.n_kv_heads != self.n_heads:
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        i = torch.arange(t, device=x.device)
+        band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - self.window)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=band, dropout_p=self.dropout if self.training else 0.0)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+def make_windowed(block: nn.Module, c: LlamaConfig, window: int | None) -> nn.Module:
+    """Swap a llama Block's attention for the sliding-window one (window None: leave it causal)."""
+    if window is not None:
+        block.attn = SlidingWindowAttention(c.d_model, c.n_heads, c.kv_heads, c.dim_head, c.rope_theta, c.qk_norm,
+                                            c.dropout, norm_eps=c.norm_eps, window=window)
+    return block
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounting helpers
+# ---------------------------------------------------------------------------------------------
+def block_params(c: LlamaConfig) -> int:
+    """Parameters of one llama Block (matmuls + two RMSNorms + optional QK norms)."""
+    return llama_layer_matmul_params(c) + 2 * c.d_model + (2 * c.dim_head if c.qk_norm else 0)
+
+
+def block_forward_flops(c: LlamaConfig, context: int) -> float:
+    """Forward FLOPs of one llama Block per position, attention over ``context`` keys."""
+    return 2.0 * llama_layer_matmul_params(c) + 2.0 * context * (2 * c.n_heads * c.dim_head)
+
+
+def sub_config(*, d_model: int, n_layers: int, n_heads: int, mlp: str, ffn_mult: int, qk_norm: bool,
+               norm_eps: float, rope_theta: float, dropout: float, init_std: float, field: str) -> LlamaConfig:
+    """A LlamaConfig for one stack of a patch model; errors name the patch model's field."""
+    c = LlamaConfig(vocab_size=2, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                    ffn_hidden=ffn_mult * d_model, mlp=mlp, qk_norm=qk_norm, norm_eps=norm_eps,
+                    rope_theta=rope_theta, dropout=dropout, init_std=init_std)
+    if d_model < 2 or n_heads < 1 or d_model % n_heads or (d_model // n_heads) % 2:
+        raise LumiError(f"{field}: d={d_model} with {n_heads} heads is invalid — heads must divide the width "
+                        "and the head size must be even (RoPE)")
+    return c
+
+
+__all__ = [
+    "HashNgramEmbedding",
+    "SlidingWindowAttention",
+    "block_forward_flops",
+    "block_params",
+    "boundary_stats",
+    "force_max_patch",
+    "gather_index",
+    "gather_rows",
+    "global_capacity",
+    "hashed_ngram_ids",
+    "is_spacelike",
+    "make_windowed",
+    "ngram_params",
+    "scatter_add_rows",
+    "validate_ngrams",
+    "spacelike_boundaries",
+    "sub_config",
+]

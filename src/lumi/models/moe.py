@@ -1,0 +1,218 @@
+"""`moe`: the llama baseline with a mixture-of-experts feed-forward in every layer.
+
+Sources: Switch Transformer (Fedus et al., 2021: router, load-balancing loss, capacity factor),
+GShard / Mixtral (top-2 routing, gates renormalised over the chosen experts), ST-MoE (Zoph et al.,
+2022: router z-loss). ARCHITECTURES.md §3 and §5.6.
+
+What is implemented, per layer (everything else is exactly ``llama``):
+
+- router ``softmax(W_r x)`` over ``n_experts`` (a bias-free linear, computed in float32 even under
+  autocast, as Switch recommends for stability); each token goes to its ``top_k`` experts;
+- gates = the chosen router probabilities, renormalised to sum to 1 (``renormalize_gates``; with
+  ``top_k = 1`` this makes the gate exactly 1, so the router then learns only from the auxiliary
+  losses — set it False for the Switch form, where the gate is the raw probability);
+- experts are ordinary llama MLPs (``mlp`` activation) of width ``expert_hidden``;
+- Switch load-balancing loss ``load_balance_weight * E * sum_i f_i * P_i`` with f_i the fraction of
+  (token, slot) assignments routed to expert i (counted before capacity dropping, divided by
+  ``top_k`` so the f_i sum to 1) and P_i the mean router probability of expert i. It equals the
+  weight exactly whenever the router probabilities are uniform. The model-level value is the mean
+  over layers (as HF Mixtral does), so it equals the weight under uniform routing too;
+- optional ST-MoE z-loss ``z_loss_weight * mean(logsumexp(router logits)^2)`` (mean over layers);
+- optional capacity: each expert takes at most ``ceil(capacity_factor * N * top_k / E)`` of the N
+  tokens in the batch; overflowing assignments contribute nothing, so a token dropped by all its
+  experts passes through the residual path only. ``stats()["dropped_frac"]`` is the fraction of
+  assignments dropped.
+
+The causality trap of capacity, and how it is avoided: the usual implementation fills expert
+queues in the order of the flattened batch [B*T] (or top-1 choices of every token before any top-2
+choice). Then a *later* token can take the slot an earlier token would have had, so whether token t
+is dropped — and therefore its logits — depends on the future. Here the queues are filled in
+position-major order: every token at position 0 (all batch rows, all k slots), then position 1, and
+so on. A token's queue position then counts only assignments at positions <= t, so its fate depends
+only on tokens <= t (it still depends on other batch rows at positions <= t, as in every capacity
+MoE, and the capacity depends on the batch size and length). ``tests/test_zoo_moe.py`` checks the
+perturbation-causality at every t with a capacity small enough to drop tokens.
+
+Not implemented: expert parallelism, router jitter/noise, shared experts, MoE only in every k-th
+layer, a separate evaluation capacity factor (the same capacity applies in training and eval, and
+in cached decoding it is applied per call, so leave capacity off when comparing cached generation).
+
+Parameters per layer: attention (as llama) + E * expert MLP + d * E router + 2 d norms.
+Active parameters: total - n_layers * (E - top_k) * expert MLP.
+FLOPs/token (training, 3 x forward): 6 * [n_layers * (attention matmuls + top_k * expert MLP
+matmuls + d * E router) + V * d head] + llama's attention term. Exact when nothing is dropped;
+with capacity dropping it is an upper bound (dropped assignments run no expert).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lumi.errors import LumiError
+from lumi.models.base import ParamCounts
+from lumi.models.layers import MLP, mlp_params
+from lumi.models.llama import Block, Llama, LlamaConfig, attention_flops_per_token
+from lumi.models.registry import register
+
+
+@dataclass
+class MoEConfig(LlamaConfig):
+    n_experts: int = 4
+    top_k: int = 2
+    expert_hidden: int | None = None  # None: ffn_hidden // top_k, so active FFN compute == dense llama
+    renormalize_gates: bool = True  # gates of the chosen experts sum to 1 (GShard/Mixtral)
+    load_balance_weight: float = 0.01  # Switch alpha
+    z_loss_weight: float = 0.0  # ST-MoE uses 1e-3; 0 = off
+    capacity_factor: float | None = None  # None: no capacity, no dropping
+
+    @property
+    def expert_width(self) -> int:
+        return self.expert_hidden or self.ffn // self.top_k
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n_experts < 1:
+            raise LumiError(f"n_experts must be >= 1, got {self.n_experts}")
+        if not 1 <= self.top_k <= self.n_experts:
+            raise LumiError(f"top_k must be in 1..n_experts={self.n_experts}, got {self.top_k}")
+        if self.expert_hidden is None and self.ffn % self.top_k:
+            raise LumiError(f"expert_hidden=None means ffn_hidden // top_k, but ffn_hidden={self.ffn} is not "
+                            f"divisible by top_k={self.top_k}; set expert_hidden explicitly")
+        if self.expert_hidden is not None and self.expert_hidden < 1:
+            raise LumiError(f"expert_hidden must be >= 1 or null (= ffn_hidden // top_k), got {self.expert_hidden}")
+        if self.load_balance_weight < 0:
+            raise LumiError(f"load_balance_weight must be >= 0, got {self.load_balance_weight}")
+        if self.z_loss_weight < 0:
+            raise LumiError(f"z_loss_weight must be >= 0 (0 = off), got {self.z_loss_weight}")
+        if self.capacity_factor is not None and self.capacity_factor <= 0:
+            raise LumiError(f"capacity_factor must be > 0 or null (no capacity limit), got {self.capacity_factor}")
+
+
+class MoEMLP(nn.Module):
+    """Top-k routed experts. Input/output [B, T, d]. Keeps the last forward's routing statistics."""
+
+    def __init__(self, c: MoEConfig) -> None:
+        super().__init__()
+        self.n_experts, self.top_k = c.n_experts, c.top_k
+        self.renormalize = c.renormalize_gates
+        self.capacity_factor = c.capacity_factor
+        self.router = nn.Linear(c.d_model, c.n_experts, bias=False)
+        self.experts = nn.ModuleList([MLP(c.d_model, c.expert_width, c.mlp, c.dropout) for _ in range(c.n_experts)])
+        self.load_balance: torch.Tensor | None = None  # E * sum_i f_i P_i (unweighted)
+        self.z_loss: torch.Tensor | None = None  # mean logsumexp^2 (unweighted)
+        self.dropped_frac = 0.0
+        self.max_load = 0.0  # max_i f_i * E (1 = perfectly balanced)
+
+    def capacity(self, n_tokens: int) -> int | None:
+        if self.capacity_factor is None:
+            return None
+        return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        e, k = self.n_experts, self.top_k
+        # Position-major rows (row = pos * B + batch): queues fill position by position (causal).
+        flat = x.transpose(0, 1).reshape(t * b, d)
+        n = flat.shape[0]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = F.linear(flat.float(), self.router.weight.float())  # [N, E]
+        probs = logits.softmax(dim=-1)
+        gates, idx = probs.topk(k, dim=-1)  # [N, k]
+        if self.renormalize:
+            gates = gates / gates.sum(dim=-1, keepdim=True)
+        assign = F.one_hot(idx, e)  # [N, k, E]
+
+        keep = torch.ones_like(idx, dtype=torch.bool)
+        cap = self.capacity(n)
+        if cap is not None:
+            # Queue position of each assignment in (position, batch row, slot) order.
+            queue = assign.reshape(n * k, e).cumsum(dim=0).reshape(n, k, e) - 1
+            keep = (queue * assign).sum(dim=-1) < cap
+
+        out = torch.zeros_like(flat)
+        for i, expert in enumerate(self.experts):
+            rows, slots = ((idx == i) & keep).nonzero(as_tuple=True)
+            if rows.numel() == 0:
+                continue
+            y = expert(flat[rows])
+            out.index_add_(0, rows, y * gates[rows, slots].unsqueeze(-1).to(y.dtype))
+
+        f = assign.sum(dim=(0, 1)).float() / (n * k)  # fraction of assignments per expert (sums to 1)
+        self.load_balance = e * (f * probs.mean(dim=0)).sum()
+        self.z_loss = torch.logsumexp(logits, dim=-1).square().mean()
+        self.dropped_frac = float((~keep).sum()) / (n * k)
+        self.max_load = float(f.max()) * e
+        return out.reshape(t, b, d).transpose(0, 1)
+
+
+def moe_layer_matmul_params(c: MoEConfig, active: bool) -> int:
+    """Matmul weights of one layer: attention + (top_k or all) experts + router."""
+    attn = c.d_model * c.n_heads * c.dim_head * 2 + c.d_model * c.kv_heads * c.dim_head * 2
+    n_exp = c.top_k if active else c.n_experts
+    return attn + n_exp * mlp_params(c.d_model, c.expert_width, c.mlp) + c.d_model * c.n_experts
+
+
+def moe_param_formula(c: MoEConfig) -> dict[str, int]:
+    """Closed-form parameter counts (the tests compare them with the module)."""
+    norms = 2 * c.d_model + (2 * c.dim_head if c.qk_norm else 0)
+    embedding = c.vocab_size * c.d_model * (1 if c.tie_embeddings else 2)
+    total = c.n_layers * (moe_layer_matmul_params(c, active=False) + norms) + c.d_model + embedding
+    active = c.n_layers * (moe_layer_matmul_params(c, active=True) + norms) + c.d_model + embedding
+    return {"total": total, "non_embedding": total - embedding, "active": active}
+
+
+@register(
+    "moe",
+    description="llama with a top-k mixture-of-experts FFN (Switch balance loss, optional z-loss and capacity)",
+    presets={
+        "nano": dict(n_layers=2, d_model=64, n_heads=2, n_experts=4, top_k=2),
+        "micro": dict(n_layers=4, d_model=128, n_heads=2, n_experts=4, top_k=2),
+        "tiny": dict(n_layers=6, d_model=256, n_heads=4, n_experts=8, top_k=2),
+        "small": dict(n_layers=12, d_model=512, n_heads=8, n_experts=8, top_k=2),
+    },
+    cpu_presets=("nano", "micro"),
+)
+class MoE(Llama):
+    config_class = MoEConfig
+
+    def make_block(self, layer_idx: int) -> nn.Module:
+        return Block(self.config, mlp=MoEMLP(self.config))
+
+    def moe_layers(self) -> list[MoEMLP]:
+        return [blk.mlp for blk in self.blocks]
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        c = self.config
+        layers = self.moe_layers()
+        if layers[0].load_balance is None:  # no forward yet
+            return {}
+        out = {"load_balance": c.load_balance_weight * torch.stack([m.load_balance for m in layers]).mean()}
+        if c.z_loss_weight > 0:
+            out["router_z"] = c.z_loss_weight * torch.stack([m.z_loss for m in layers]).mean()
+        return out
+
+    def stats(self) -> dict[str, float]:
+        layers = self.moe_layers()
+        if layers[0].load_balance is None:
+            return {}
+        return {
+            "dropped_frac": sum(m.dropped_frac for m in layers) / len(layers),
+            "max_expert_load": max(m.max_load for m in layers),  # 1.0 = balanced, E = all on one expert
+        }
+
+    def param_counts(self) -> ParamCounts:
+        total = sum(p.numel() for p in self.parameters())
+        c = self.config
+        inactive = c.n_layers * (c.n_experts - c.top_k) * mlp_params(c.d_model, c.expert_width, c.mlp)
+        return ParamCounts(total=total, non_embedding=total - self.embedding_params(), active=total - inactive)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        c = self.config
+        matmul = c.n_layers * moe_layer_matmul_params(c, active=True) + c.vocab_size * c.d_model
+        return 6.0 * matmul + attention_flops_per_token(c.n_layers, seq_len, c.n_heads * c.dim_head,
+                                                        c.n_heads * c.dim_head)

@@ -1,0 +1,399 @@
+"""`vocabspace`: vocabulary-space models — the hidden state IS the prediction.
+
+Source: urmzd/exp-agi-models (revision f753659), models ``v2_conv`` (directory ``v2_causal_conv/``)
+and ``v8_lowrank_vv`` (earlier ``v8_graph``); see /work/shared/ARCHITECTURES.md §1.1. The hidden
+width equals the vocabulary size V; there is no embedding matrix and no output projection.
+
+Skeleton (both variants, as in the source):
+    x_0 = sqrt(V) * one_hot(token)                      # the RMS-normalised one-hot (RMS exactly 1)
+    for each of n_steps steps (own weights per step):
+        x = x + g_cross  * cross_mixer(rms(x))          # mixes positions (causal)
+        x = x + g_within * within_mixer(rms(x))         # mixes vocabulary dims at one position
+    logits = softcap(logit_scale * rms(x), 30)          # softcap = 30 tanh(x / 30)
+``rms`` is a parameter-free RMS norm (the source has no norm weights). The ``g`` gains are learned:
+per-dimension vectors (init 1) in ``conv``, scalars (init 1) in ``interaction``, as in the source.
+
+Variants (``variant``):
+- ``conv`` (v2_conv). Cross-position: a depthwise causal conv1d over time, ``kernel_size`` taps per
+  vocabulary dimension, left-padded by kernel_size - 1 (position t sees t-K+1..t), with a bias.
+  Within-position: a V -> C -> V channel mixer ``gelu(rms(x) R M + b) W * s`` with C = ``n_channels``,
+  a C x C mix M, bias b, and a learned output scalar s initialised to ``mixer_scale`` (0.1).
+  ``read`` picks how R (V x C) and W (C x V) are parameterised:
+    * ``lowrank`` (default): plain learned matrices, N(0, init_std).
+    * ``fourier`` (the source): a fixed basis B over vocabulary index i (cos and sin of
+      2 pi f i / V for f = 1..n_fourier_basis, so 2F functions) times learned coefficients:
+      R = softmax_over_V(B A_r) and W = (B A_w)^T, A_r, A_w of size 2F x C.
+- ``interaction`` (v8_lowrank_vv). Cross-position, over STRICTLY earlier positions s < t:
+      scores[t, s] = <n_t * q, n_s * k> * decay^(t - s - 1),   decay = sigmoid(learned scalar)
+  with no softmax; out_t = sum_s scores[t, s] n_s * s_out (s_out learned, init ``mixer_scale``).
+  The scores and the weighted sum are two batched matmuls ([T, V] x [V, T] and [T, T] x [T, V]),
+  O(T^2 V) per sequence. Position 0 receives nothing from this mixer.
+  Within-position: ``gelu(n U W^T + n * d + b) * s`` with U, W of size V x ``rank``, d and b
+  per-dimension (init 0), s learned (init ``mixer_scale``).
+
+Choices where the description is open (each is a config field):
+- Input: the RMS-normalised one-hot (magnitude sqrt(V) at the token), as in the source. It is
+  produced by ``OneHotInput``, an ``nn.Embedding`` subclass with NO weights (its table would be
+  sqrt(V) I), so tools that locate the input embedding — ``lumi check``'s gradient causality probe
+  — find it.
+- ``logit_scale_init``: the source starts the output scalar at 1, so the one-hot (peak sqrt(V) after
+  the final norm) makes it predict the CURRENT token with logit ~sqrt(V) (~23 nats initial loss at
+  V = 1024). Ours starts the scalar at ``logit_scale_init / sqrt(V)`` (default 1 / sqrt(V)): the
+  logit of any dimension is at most ~1 at init, so the initial loss is within ~(e - 1) / V of ln V.
+  The scalar has to grow during training: use a large learning rate (the source used Adam 0.03).
+- ``qk_init`` (1.0, the source), ``decay_init`` (3.0: decay = sigmoid(3) = 0.953), ``mixer_scale``
+  (0.1), ``init_std`` (0.02 for every random matrix, the conv taps and the Fourier coefficients),
+  ``activation`` (gelu; relu2 and silu as in the source's options), ``norm_eps``.
+- ``read = lowrank`` keeps the C x C mix M (redundant with R; it keeps one parameter layout).
+
+Not implemented: the source's training loop (Adam lr 0.03, 16-step accumulation), int8+zlib
+export, bf16 one-hots, and the other exp-agi-models variants.
+
+Parameters (V = vocab, K = kernel_size, C = n_channels, F = n_fourier_basis, r = rank, N = n_steps):
+    conv step:        V K + V (conv) + C^2 + C + 1 (mix, bias, scale) + 2V (gains)
+                      + read/write: 2 V C (lowrank) or 2 (2F) C (fourier)
+    interaction step: 2V (q, k) + 2 V r (U, W) + 2V (d, b) + 5 scalars (decay, 2 scales, 2 gains)
+    total = N * step + 1 (logit scale). No embedding parameters, so non-embedding = total.
+    The source's counts are reproduced exactly at V = 1024: v2_conv (N=8, K=16, C=128, F=16,
+    fourier) 353,289; v8_lowrank_vv (N=8, r=8) 163,881.
+
+FLOPs per token at length T (forward = 2 x MACs of matmuls/convs, the shared convention):
+    conv step:        cross 2 V K;   within 2 V C + 2 C^2 + 2 C V
+    interaction step: cross 2 T V (scores) + 2 T V (values);   within 4 V r
+    training = 3 x forward, EXCEPT the first step's cross mixer, whose input is the constant one-hot:
+    backward computes no gradient for that input, so subtract 2 V K (conv) or 2 T V (interaction,
+    the values matmul). This is exactly what FlopCounterMode measures. The ``fourier`` read builds
+    R and W once per forward (B A products, 16 V F C FLOPs per step including backward); that cost
+    is per batch, not per token, so it is left out of ``flops_per_token`` and reported by
+    ``weight_generation_flops()``.
+    Parameter matching is meaningless for this family: ``interaction`` spends ~4 T V FLOPs per token
+    per step on only ~(2r + 4) V parameters; compare arms at matched FLOPs.
+
+Intended use: a small BPE vocabulary (bpe:512 or bpe:1024; the source used sp1024). Activations are
+[B, T, V] floats, and ``interaction`` costs O(T^2 V); large vocabularies are impractical. Presets are
+vocabulary-agnostic (V comes from the tokenizer); ``conv-paper`` / ``interaction-paper`` are the
+source configurations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lumi.errors import LumiError
+from lumi.models.base import LumiModel, ModelConfig
+from lumi.models.layers import softcap
+from lumi.models.registry import register
+
+VARIANTS = ("conv", "interaction")
+READS = ("lowrank", "fourier")
+ACTIVATIONS = ("gelu", "relu2", "silu")
+
+
+@dataclass
+class VocabSpaceConfig(ModelConfig):
+    vocab_size: int = 256
+    variant: str = "conv"  # conv (v2_conv) | interaction (v8_lowrank_vv)
+    n_steps: int = 8
+    # conv
+    kernel_size: int = 16
+    n_channels: int = 128
+    read: str = "lowrank"  # lowrank | fourier (the source)
+    n_fourier_basis: int = 16
+    # interaction
+    rank: int = 8
+    decay_init: float = 3.0  # decay = sigmoid(decay_init)
+    qk_init: float = 1.0
+    # both
+    mixer_scale: float = 0.1  # initial learned output scale of the mixers (conv: within-mixer only)
+    activation: str = "gelu"
+    logit_scale_init: float = 1.0  # the output scalar starts at logit_scale_init / sqrt(V)
+    logit_softcap: float | None = 30.0
+    init_std: float = 0.02
+    norm_eps: float = 1e-6
+
+    def validate(self) -> None:
+        super().validate()
+        if self.variant not in VARIANTS:
+            raise LumiError(f"vocabspace config field 'variant' must be one of {', '.join(VARIANTS)}, "
+                            f"got {self.variant!r}")
+        if self.read not in READS:
+            raise LumiError(f"vocabspace config field 'read' must be one of {', '.join(READS)}, got {self.read!r}")
+        if self.activation not in ACTIVATIONS:
+            raise LumiError(f"vocabspace config field 'activation' must be one of {', '.join(ACTIVATIONS)}, "
+                            f"got {self.activation!r}")
+        for name in ("n_steps", "kernel_size", "n_channels", "n_fourier_basis", "rank"):
+            if getattr(self, name) < 1:
+                raise LumiError(f"vocabspace config field {name!r} must be >= 1, got {getattr(self, name)}")
+        if self.logit_scale_init <= 0:
+            raise LumiError(f"vocabspace config field 'logit_scale_init' must be > 0, got {self.logit_scale_init}")
+        if self.logit_softcap is not None and self.logit_softcap <= 0:
+            raise LumiError(f"vocabspace config field 'logit_softcap' must be positive or null (off), "
+                            f"got {self.logit_softcap}")
+        if self.init_std < 0:
+            raise LumiError(f"vocabspace config field 'init_std' must be >= 0, got {self.init_std}")
+        if self.norm_eps <= 0:
+            raise LumiError(f"vocabspace config field 'norm_eps' must be > 0, got {self.norm_eps}")
+
+
+def rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Parameter-free RMS norm over the vocabulary dimension."""
+    return F.rms_norm(x, (x.shape[-1],), eps=eps)
+
+
+def activate(h: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "relu2":
+        return F.relu(h).square()
+    if name == "silu":
+        return F.silu(h)
+    return F.gelu(h)
+
+
+def fourier_basis(vocab_size: int, n_basis: int) -> torch.Tensor:
+    """[V, 2F]: cos and sin of 2 pi f i / V over vocabulary index i, for f = 1..F (interleaved)."""
+    i = torch.arange(vocab_size, dtype=torch.float64)[:, None] / vocab_size
+    f = torch.arange(1, n_basis + 1, dtype=torch.float64)[None, :]
+    angle = 2 * math.pi * f * i
+    return torch.stack([angle.cos(), angle.sin()], dim=-1).reshape(vocab_size, 2 * n_basis).float()
+
+
+class OneHotInput(nn.Embedding):
+    """token -> sqrt(V) * one_hot(token): the RMS-normalised one-hot, with no weights.
+
+    An ``nn.Embedding`` subclass so that code looking for the input embedding (lumi check's
+    gradient causality probe hooks every nn.Embedding fed the tokens) finds it. ``weight`` builds
+    the equivalent table sqrt(V) I on request; it is not a parameter and is never saved.
+    """
+
+    def __init__(self, vocab_size: int) -> None:
+        nn.Module.__init__(self)  # deliberately skip nn.Embedding's weight allocation
+        self.num_embeddings = self.embedding_dim = vocab_size
+        self.padding_idx, self.max_norm, self.sparse = None, None, False
+        self.scale = math.sqrt(vocab_size)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.eye(self.num_embeddings) * self.scale
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(tokens, self.num_embeddings).to(torch.float32) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, scale=sqrt({self.num_embeddings}), no weights"
+
+
+# -- conv variant (v2_conv) ------------------------------------------------------------------
+
+class DepthwiseCausalConv(nn.Module):
+    """One filter of K taps per vocabulary dimension, left-padded: position t sees t-K+1..t."""
+
+    def __init__(self, c: VocabSpaceConfig) -> None:
+        super().__init__()
+        self.kernel_size = c.kernel_size
+        self.weight = nn.Parameter(torch.randn(c.vocab_size, 1, c.kernel_size) * c.init_std)
+        self.bias = nn.Parameter(torch.zeros(c.vocab_size))
+
+    def forward(self, n: torch.Tensor) -> torch.Tensor:
+        h = F.pad(n.transpose(1, 2), (self.kernel_size - 1, 0))
+        return F.conv1d(h, self.weight, self.bias, groups=n.shape[-1]).transpose(1, 2)
+
+
+class ChannelMixer(nn.Module):
+    """Within-position V -> C -> V: gelu(n R M + b) W * scale; R, W learned or Fourier-parameterised."""
+
+    def __init__(self, c: VocabSpaceConfig) -> None:
+        super().__init__()
+        self.read_kind, self.activation = c.read, c.activation
+        v, ch, std = c.vocab_size, c.n_channels, c.init_std
+        if c.read == "lowrank":
+            self.read = nn.Parameter(torch.randn(v, ch) * std)
+            self.write = nn.Parameter(torch.randn(ch, v) * std)
+        else:
+            self.read_coeffs = nn.Parameter(torch.randn(2 * c.n_fourier_basis, ch) * std)
+            self.write_coeffs = nn.Parameter(torch.randn(2 * c.n_fourier_basis, ch) * std)
+        self.mix = nn.Parameter(torch.randn(ch, ch) * std)
+        self.bias = nn.Parameter(torch.zeros(ch))
+        self.out_scale = nn.Parameter(torch.tensor(float(c.mixer_scale)))
+
+    def read_write(self, basis: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R [V, C], W [C, V]); the Fourier form rebuilds them from the coefficients each forward."""
+        if self.read_kind == "lowrank":
+            return self.read, self.write
+        read = torch.softmax(basis @ self.read_coeffs, dim=0)  # each channel: a distribution over V
+        write = (basis @ self.write_coeffs).t()
+        return read, write
+
+    def forward(self, n: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
+        read, write = self.read_write(basis)
+        h = activate((n @ read) @ self.mix + self.bias, self.activation)
+        return (h @ write) * self.out_scale
+
+
+# -- interaction variant (v8_lowrank_vv) ------------------------------------------------------
+
+class DecayedInteraction(nn.Module):
+    """Cross-position: scores[t, s] = <n_t q, n_s k> decay^(t-s-1) for s < t only; out = scores n."""
+
+    def __init__(self, c: VocabSpaceConfig) -> None:
+        super().__init__()
+        self.q = nn.Parameter(torch.full((c.vocab_size,), float(c.qk_init)))
+        self.k = nn.Parameter(torch.full((c.vocab_size,), float(c.qk_init)))
+        self.decay_logit = nn.Parameter(torch.tensor(float(c.decay_init)))
+        self.out_scale = nn.Parameter(torch.tensor(float(c.mixer_scale)))
+
+    @staticmethod
+    def lag(seq_len: int, device: torch.device) -> torch.Tensor:
+        """[T, T] with entry [t, s] = t - s: how far key s lies BEFORE query t."""
+        pos = torch.arange(seq_len, device=device)
+        return pos[:, None] - pos[None, :]
+
+    def position_weights(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        """decay^(t-s-1) where s < t, exactly 0 elsewhere (s = t included: the current token is the
+        residual stream's job)."""
+        lag = self.lag(seq_len, device)
+        earlier = lag > 0
+        log_decay = F.logsigmoid(self.decay_logit)
+        w = torch.exp((lag - 1).clamp(min=0).to(log_decay.dtype) * log_decay)
+        return torch.where(earlier, w, torch.zeros((), dtype=w.dtype, device=device))
+
+    def forward(self, n: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor:
+        scores = (n * self.q) @ (n * self.k).transpose(1, 2)  # [B, T, T], no softmax
+        scores = scores * self.position_weights(n.shape[1], n.device).to(n.dtype)
+        return (scores @ n) * self.out_scale
+
+
+class LowRankVocabMap(nn.Module):
+    """Within-position: gelu(n U W^T + n * d + b) * scale — rank-r plus diagonal V x V map."""
+
+    def __init__(self, c: VocabSpaceConfig) -> None:
+        super().__init__()
+        self.activation = c.activation
+        self.U = nn.Parameter(torch.randn(c.vocab_size, c.rank) * c.init_std)
+        self.W = nn.Parameter(torch.randn(c.vocab_size, c.rank) * c.init_std)
+        self.diag = nn.Parameter(torch.zeros(c.vocab_size))
+        self.bias = nn.Parameter(torch.zeros(c.vocab_size))
+        self.out_scale = nn.Parameter(torch.tensor(float(c.mixer_scale)))
+
+    def forward(self, n: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor:
+        h = (n @ self.U) @ self.W.t() + n * self.diag + self.bias
+        return activate(h, self.activation) * self.out_scale
+
+
+class VocabStep(nn.Module):
+    """x + g_cross * cross(rms(x)), then x + g_within * within(rms(x))."""
+
+    def __init__(self, c: VocabSpaceConfig, cross: nn.Module, within: nn.Module) -> None:
+        super().__init__()
+        self.eps = c.norm_eps
+        self.cross, self.within = cross, within
+        gain_shape = (c.vocab_size,) if c.variant == "conv" else ()
+        self.cross_gain = nn.Parameter(torch.ones(gain_shape))
+        self.within_gain = nn.Parameter(torch.ones(gain_shape))
+
+    def forward(self, x: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(self.cross, DepthwiseCausalConv):
+            x = x + self.cross_gain * self.cross(rms(x, self.eps))
+        else:
+            x = x + self.cross_gain * self.cross(rms(x, self.eps), basis)
+        return x + self.within_gain * self.within(rms(x, self.eps), basis)
+
+
+def vocabspace_param_formula(c: VocabSpaceConfig) -> dict[str, int]:
+    """Closed-form parameter counts (the tests compare them with the module)."""
+    v = c.vocab_size
+    if c.variant == "conv":
+        read_write = 2 * v * c.n_channels if c.read == "lowrank" else 2 * (2 * c.n_fourier_basis) * c.n_channels
+        step = v * c.kernel_size + v + read_write + c.n_channels ** 2 + c.n_channels + 1 + 2 * v
+    else:
+        step = 2 * v + 2 * v * c.rank + 2 * v + 5
+    total = c.n_steps * step + 1
+    return {"total": total, "non_embedding": total}
+
+
+@register(
+    "vocabspace",
+    description="Vocabulary-space model (exp-agi-models v2_conv / v8_lowrank_vv): width = V, no embedding/head",
+    presets={
+        "conv-nano": dict(variant="conv", n_steps=2, kernel_size=4, n_channels=16),
+        "conv-micro": dict(variant="conv", n_steps=4, kernel_size=8, n_channels=64),
+        # v2_conv as published: 8 steps, 16 taps, 128 channels, Fourier read/write over 16 frequencies.
+        "conv-paper": dict(variant="conv", n_steps=8, kernel_size=16, n_channels=128, read="fourier",
+                           n_fourier_basis=16),
+        "interaction-nano": dict(variant="interaction", n_steps=2, rank=8),
+        "interaction-micro": dict(variant="interaction", n_steps=4, rank=32),
+        # v8_lowrank_vv as published: 8 hops, rank 8, decay_init 3.
+        "interaction-paper": dict(variant="interaction", n_steps=8, rank=8),
+    },
+    cpu_presets=("conv-nano", "conv-micro", "interaction-nano", "interaction-micro"),
+)
+class VocabSpace(LumiModel):
+    config_class = VocabSpaceConfig
+    # Mixer classes per variant (a test plugin swaps the interaction mixer for the reversed-mask bug).
+    interaction_class: type[nn.Module] = DecayedInteraction
+    # The output scalar starts near 1/sqrt(V) and must grow; lumi check's one-batch overfit uses the
+    # source's learning rate (Adam 0.03) instead of the default 3e-3.
+    check_overfit_lr = 3e-2
+    check_overfit_steps = 60
+
+    def __init__(self, config: VocabSpaceConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.embed = OneHotInput(c.vocab_size)
+        self.steps = nn.ModuleList([self.make_step() for _ in range(c.n_steps)])
+        self.logit_scale = nn.Parameter(torch.tensor(c.logit_scale_init / math.sqrt(c.vocab_size)))
+        if c.variant == "conv" and c.read == "fourier":
+            self.register_buffer("basis", fourier_basis(c.vocab_size, c.n_fourier_basis), persistent=False)
+        else:
+            self.basis = None
+
+    def make_step(self) -> VocabStep:
+        c = self.config
+        if c.variant == "conv":
+            return VocabStep(c, DepthwiseCausalConv(c), ChannelMixer(c))
+        return VocabStep(c, self.interaction_class(c), LowRankVocabMap(c))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens)
+        for step in self.steps:
+            x = step(x, self.basis)
+        logits = rms(x, self.config.norm_eps) * self.logit_scale
+        return softcap(logits, self.config.logit_softcap)
+
+    def embedding_params(self) -> int:
+        return 0  # the one-hot input has no weights and there is no output head
+
+    def stats(self) -> dict[str, float]:
+        out = {"logit_scale": float(self.logit_scale.detach())}
+        if self.config.variant == "interaction":
+            decays = [float(torch.sigmoid(s.cross.decay_logit.detach())) for s in self.steps
+                      if hasattr(s.cross, "decay_logit")]
+            if decays:
+                out["mean_decay"] = sum(decays) / len(decays)
+        return out
+
+    def forward_flops_per_token(self, seq_len: int) -> tuple[float, float]:
+        """(cross-mixer, within-mixer) forward FLOPs per token of ONE step."""
+        c, v = self.config, self.config.vocab_size
+        if c.variant == "conv":
+            return 2.0 * v * c.kernel_size, 4.0 * v * c.n_channels + 2.0 * c.n_channels ** 2
+        return 4.0 * seq_len * v, 4.0 * v * c.rank
+
+    def flops_per_token(self, seq_len: int) -> float:
+        c = self.config
+        cross, within = self.forward_flops_per_token(seq_len)
+        training = 3.0 * c.n_steps * (cross + within)
+        # Step 1's cross mixer reads the constant one-hot: no input gradient is computed there.
+        no_input_grad = 2.0 * c.vocab_size * (c.kernel_size if c.variant == "conv" else seq_len)
+        return training - no_input_grad
+
+    def weight_generation_flops(self) -> float:
+        """Per forward+backward (not per token): building R and W from the Fourier coefficients."""
+        c = self.config
+        if c.variant != "conv" or c.read != "fourier":
+            return 0.0
+        per_matrix = 2.0 * c.vocab_size * (2 * c.n_fourier_basis) * c.n_channels  # one B @ A product
+        return c.n_steps * 2 * (per_matrix + per_matrix)  # read and write; forward + coefficient grad

@@ -1,0 +1,152 @@
+"""Atomic checkpoints: ``checkpoints/latest/`` = model.safetensors, model_config.json, optimizer.pt, state.json.
+
+Writing: everything goes into a fresh temporary directory first (state.json last, all files
+fsynced); then ``latest`` is renamed to ``previous``, the temporary directory to ``latest``, and
+``previous`` is deleted. A crash at any point leaves either the old or the new checkpoint complete,
+and ``load`` falls back to ``previous`` if ``latest`` is missing. A full disk or unwritable
+directory raises a LumiError and leaves the last good checkpoint untouched.
+
+Loading never unpickles arbitrary objects: weights come from safetensors, the optimizer state via
+``torch.load(weights_only=True)``, everything else from JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lumi.errors import LumiError
+
+FILES = ("model.safetensors", "model_config.json", "optimizer.pt", "state.json")
+
+
+def save_checkpoint(ckpt_root: Path, model: torch.nn.Module, optimizer_state: dict[str, Any],
+                    state: dict[str, Any]) -> Path:
+    """Write a complete checkpoint to ``ckpt_root/latest`` atomically; returns that path."""
+    from safetensors.torch import save_model
+
+    ckpt_root = Path(ckpt_root)
+    tmp = ckpt_root / f".tmp-latest-{os.getpid()}"
+    latest, previous = ckpt_root / "latest", ckpt_root / "previous"
+    try:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_model(model, str(tmp / "model.safetensors"))
+        _write_text(tmp / "model_config.json", json.dumps(asdict(model.config), indent=2, default=str))
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        _write_text(tmp / "state.json", json.dumps(state, indent=1))  # last: marks the directory complete
+        for name in FILES:
+            _fsync_file(tmp / name)
+        _fsync_dir(tmp)
+        if latest.exists():
+            if previous.exists():
+                shutil.rmtree(previous)
+            os.replace(latest, previous)
+        os.replace(tmp, latest)
+        _fsync_dir(ckpt_root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = _complete_dir(ckpt_root)
+        where = f"the last good checkpoint at {kept} is intact" if kept else "no earlier checkpoint exists"
+        reason = e.strerror or str(e)
+        raise LumiError(f"could not write a checkpoint in {ckpt_root}: {reason}"
+                        f"{' (' + e.filename + ')' if getattr(e, 'filename', None) else ''}; {where}. "
+                        f"Free disk space or make the run directory writable, then resume with --resume") from e
+    shutil.rmtree(previous, ignore_errors=True)
+    return latest
+
+
+def _complete_dir(ckpt_root: Path) -> Path | None:
+    for name in ("latest", "previous"):
+        d = ckpt_root / name
+        if (d / "state.json").is_file() and all((d / f).is_file() for f in FILES):
+            return d
+    return None
+
+
+def find_checkpoint(ckpt_root: Path) -> Path | None:
+    """The newest complete checkpoint directory under ``ckpt_root`` (latest, else previous), or None."""
+    return _complete_dir(Path(ckpt_root))
+
+
+def load_state(ckpt_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((ckpt_dir / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LumiError(f"checkpoint state {ckpt_dir / 'state.json'} is unreadable: {e}") from None
+
+
+def load_model_weights(ckpt_dir: Path, model: torch.nn.Module, device: torch.device | str = "cpu") -> None:
+    from safetensors.torch import load_model
+
+    path = ckpt_dir / "model.safetensors"
+    try:
+        load_model(model, str(path), strict=True, device=str(device))
+    except (RuntimeError, OSError) as e:
+        raise LumiError(f"checkpoint weights {path} do not match the model: {str(e).splitlines()[0]}") from None
+
+
+def load_optimizer_state(ckpt_dir: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    path = ckpt_dir / "optimizer.pt"
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable/foreign file is the same user-facing problem
+        raise LumiError(f"optimizer state {path} is unreadable: {type(e).__name__}: {e}") from None
+
+
+# -- RNG state <-> JSON ----------------------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    """Torch CPU (and CUDA) generator states of this process, JSON-serialisable."""
+    out: dict[str, Any] = {"torch": _b64(torch.get_rng_state())}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(_unb64(state["torch"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+# -- fs helpers ------------------------------------------------------------------------------------
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

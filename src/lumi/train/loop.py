@@ -1,0 +1,599 @@
+"""The training loop: one model, one budget, one run directory.
+
+    summary = train(config, run_dir)             # fresh run
+    summary = train(config, run_dir, resume=True)  # continue from checkpoints/latest
+
+Order of work in every optimizer step s (0-based; rows record the number of completed steps):
+lr for the budget fraction -> batch for (data_seed, s) -> forward/backward over grad_accum
+micro-batches -> all-reduce loss and stop flag -> stop if non-finite -> clip, optimizer step ->
+train row / periodic eval / checkpoint as due. Everything a resumed run needs (weights, optimizer,
+RNG, step, token/FLOP counters, loss EMA) is in the checkpoint, and the data order depends only on
+the step, so kill + resume reproduces an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lumi.errors import LumiError
+from lumi.train import checkpoint as ckpt
+from lumi.train.batches import step_batch
+from lumi.train.config import Budget, TrainConfig, parse_budget
+from lumi.train.distributed import DistInfo, all_gather_object, all_reduce_, barrier, setup_distributed
+from lumi.train.optim import build_optimizer
+from lumi.train.rundir import (
+    MetricsLog,
+    config_differences,
+    create_run_dir,
+    ensure_new_run_dir,
+    read_run_config,
+    truncate_metrics,
+    write_json,
+)
+from lumi.train.schedule import lr_multiplier
+
+EMA_BETA = 0.9
+
+
+@dataclass
+class RunState:
+    """Counters that survive a checkpoint (saved in state.json)."""
+
+    step: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    elapsed_s: float = 0.0  # training time only (excludes evals, checkpoints, setup)
+    wall_s: float = 0.0  # total wall time of all finished sessions
+    last_step_s: float = 0.0
+    ema: float = 0.0
+    ema_n: int = 0
+    last_eval_elapsed_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def loss_ema(self) -> float | None:
+        return self.ema / (1.0 - EMA_BETA ** self.ema_n) if self.ema_n else None
+
+    def update_ema(self, loss: float) -> None:
+        self.ema = EMA_BETA * self.ema + (1.0 - EMA_BETA) * loss
+        self.ema_n += 1
+
+
+class StopSignal:
+    """SIGINT / SIGTERM -> finish the current step, checkpoint, mark the run interrupted.
+
+    A second Ctrl-C while the first is being handled aborts immediately.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(config: TrainConfig, run_dir: Path | str, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train ``config`` into ``run_dir`` and return the summary (also written to summary.json)."""
+    run_dir = Path(run_dir)
+    info = setup_distributed(config.train.device)
+    check_run_dir(config, run_dir, resume)
+    barrier(info)  # every rank has checked the directory before rank 0 creates it
+    return _Trainer(config, run_dir, resume, progress, info).run()
+
+
+def check_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
+    """LumiError unless ``run_dir`` can take this run: new and empty, or (resume) trained with this config."""
+    config.validate()
+    if not resume:
+        ensure_new_run_dir(run_dir)
+        return
+    saved = read_run_config(run_dir)
+    diffs = config_differences(saved.to_dict(), config.to_dict())
+    if diffs:
+        raise LumiError(f"cannot resume {str(run_dir)!r}: its config.yaml differs from the requested config "
+                        f"({'; '.join(diffs[:5])}{' ...' if len(diffs) > 5 else ''}); resume without changes, "
+                        f"or start a new run with --out")
+
+
+class _Trainer:
+    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo) -> None:
+        self.config, self.run_dir, self.resume, self.info = config, run_dir, resume, info
+        self.show_progress = progress and info.is_main
+        self.session_start = time.perf_counter()
+        t = config.train
+        _set_threads(t.threads, info)
+        self.device = resolve_device(t.device, info)
+        self.autocast_dtype = resolve_autocast(t.precision, self.device)
+        from lumi.models.registry import build_model, load_model_file
+
+        for f in config.model.files:
+            load_model_file(f)
+        self.data = load_data(config, self.show_progress, info)
+        vocab = int(self.data.vocab_size)
+        overrides = dict(config.model.overrides)
+        if "vocab_size" in overrides and int(overrides.pop("vocab_size")) != vocab:
+            raise LumiError(f"model.overrides.vocab_size={config.model.overrides['vocab_size']} does not match the "
+                            f"prepared data's vocabulary ({vocab} tokens, tokenizer {self.data.tokenizer.spec!r}); "
+                            f"drop the override or prepare data with a matching tokenizer")
+        self.vocab_size = vocab
+        torch.manual_seed(t.resolved_init_seed)
+        self.model = build_model(config.model.name, config.model.preset, overrides, vocab_size=vocab).to(self.device)
+        self.model.train()
+        if info.enabled:  # dropout streams differ per rank; init above is identical everywhere
+            torch.manual_seed(t.resolved_init_seed * 1_000_003 + info.rank)
+        self.train_tokens = self.data.tokens("train")
+        self.val_tokens = self.data.tokens("val")
+        self.val_bytes = self.data.target_bytes("val")
+        if len(self.train_tokens) < t.seq_len + 1:
+            raise LumiError(f"the train split of {self.data.directory} has {len(self.train_tokens)} tokens, "
+                            f"fewer than train.seq_len + 1 = {t.seq_len + 1}; lower train.seq_len or use more data")
+        if len(self.val_tokens) < 2:
+            raise LumiError(f"the val split of {self.data.directory} has no targets to evaluate")
+        if t.batch_size % (info.world_size * t.grad_accum):
+            raise LumiError(f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum = "
+                            f"{info.world_size} x {t.grad_accum}")
+        self.micro = t.batch_size // (info.world_size * t.grad_accum)
+        self.budget: Budget = parse_budget(t.budget)
+        self.flops_per_token = float(self.model.flops_per_token(t.seq_len))
+        self.tokens_per_step = t.batch_size * t.seq_len
+        self.total_steps = total_steps(self.budget, self.tokens_per_step, self.flops_per_token)
+        self.optimizer = build_optimizer(self.model, config.optim, vocab, self.device)
+        self.state = RunState()
+        self.resumed_from: int | None = None
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        """Fresh run: create the directory and write config/env. Resume: restore the checkpoint."""
+        ckpt_root = self.run_dir / "checkpoints"
+        if self.resume:
+            found = ckpt.find_checkpoint(ckpt_root)
+            if found is not None:
+                self._restore(found)
+            if self.info.is_main:
+                truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
+                env_path = self.run_dir / "env.json"
+                env = _read_json(env_path)
+                env.setdefault("resumes", []).append({"time": _now(), "from_step": self.state.step,
+                                                      "hostname": __import__("socket").gethostname()})
+                write_json(env_path, env)
+        elif self.info.is_main:
+            from lumi.train.env import env_info
+
+            create_run_dir(self.run_dir)
+            self.config.save_yaml(self.run_dir / "config.yaml")
+            write_json(self.run_dir / "env.json", env_info(self.device, self.info.world_size, self.precision_name))
+        barrier(self.info)
+
+    def _restore(self, ckpt_dir: Path) -> None:
+        saved_cfg = _read_json(ckpt_dir / "model_config.json")
+        if int(saved_cfg.get("vocab_size", self.vocab_size)) != self.vocab_size:
+            raise LumiError(f"checkpoint {ckpt_dir} has vocab_size {saved_cfg.get('vocab_size')} but the prepared data "
+                            f"has {self.vocab_size}; the data changed since this run started")
+        state = ckpt.load_state(ckpt_dir)
+        if state.get("data_fingerprint") not in (None, self.data.fingerprint()):
+            raise LumiError(f"cannot resume from {ckpt_dir}: the prepared data changed since the run started "
+                            f"(fingerprint {state['data_fingerprint'][:12]} != {self.data.fingerprint()[:12]})")
+        ckpt.load_model_weights(ckpt_dir, self.model, self.device)
+        self.optimizer.load_state_dict(ckpt.load_optimizer_state(ckpt_dir, self.device))
+        rngs = state.get("rng") or []
+        if rngs:
+            ckpt.set_rng_state(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
+        fields = {k: v for k, v in state.get("counters", {}).items() if k in RunState.__dataclass_fields__}
+        self.state = RunState(**fields)
+        self.resumed_from = self.state.step
+
+    @property
+    def precision_name(self) -> str:
+        return "bf16 autocast" if self.autocast_dtype == torch.bfloat16 else "fp32"
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self._prepare_run_dir()
+        info, t = self.info, self.config.train
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=info.is_main)
+        self.status, self.error, self.diverged_at = "running", None, None
+        self.final_eval: dict[str, Any] | None = None
+        self.last_eval: dict[str, Any] | None = None
+        self.progress = None
+        if info.is_main:
+            self.unigram = _unigram(self.data)
+            write_json(self.run_dir / "summary.json", self.summary())
+        try:
+            self._setup_speed()
+            with StopSignal() as stop:
+                self._loop(stop)
+            if self.status == "completed":
+                self._final_eval()
+        except BaseException as e:
+            if self.status in ("running", "completed"):
+                self.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                self.error = f"{type(e).__name__}: {e}"
+            if info.is_main:
+                write_json(self.run_dir / "summary.json", self.summary())
+            raise
+        finally:
+            self.metrics.close()
+            if self.progress is not None:
+                self.progress.close()
+        summary = self.summary()
+        if info.is_main:
+            write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def _setup_speed(self) -> None:
+        from lumi.train.env import peak_flops
+
+        t = self.config.train
+        self.train_model: torch.nn.Module = self.model
+        if t.compile:
+            self.train_model = torch.compile(self.model)
+        if self.info.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.train_model = DDP(self.train_model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                   else None)
+        compute_dtype = self.autocast_dtype or torch.float32
+        self.peak, self.peak_source = (peak_flops(self.device, compute_dtype, t.peak_flops) if self.info.is_main
+                                       else (float(t.peak_flops or 0.0), ""))
+        if self.show_progress:
+            from lumi.progress import ProgressLine
+
+            total = self.total_steps if self.total_steps is not None else self.budget.value
+            self.progress = ProgressLine(self.run_dir.name, total, plain_every_s=10.0)
+
+    def _done(self) -> bool:
+        if self.total_steps is not None:
+            return self.state.step >= self.total_steps
+        return self.state.elapsed_s >= self.budget.value
+
+    def _fractions(self) -> tuple[float, float]:
+        s = self.state
+        if self.total_steps is not None:
+            return s.step / self.total_steps, (s.step + 1) / self.total_steps
+        return s.elapsed_s / self.budget.value, (s.elapsed_s + s.last_step_s) / self.budget.value
+
+    def _loop(self, stop: StopSignal) -> None:
+        t, info, s = self.config.train, self.info, self.state
+        last_ckpt_elapsed = s.elapsed_s
+        row_tokens, row_time = 0, 0.0
+        while not self._done():
+            frac_start, frac_end = self._fractions()
+            mult = lr_multiplier(self.config.optim, s.step, frac_start, frac_end)
+            self.optimizer.set_lr_multiplier(mult)
+            t0 = time.perf_counter()
+            ce, aux = self._forward_backward(s.step)
+            # One collective for the global loss and "did any rank get SIGINT/SIGTERM".
+            flags = torch.tensor([ce, aux, 1.0 if stop.received else 0.0], dtype=torch.float64, device=self.device)
+            all_reduce_(info, flags)
+            ce, aux = float(flags[0]) / info.world_size, float(flags[1]) / info.world_size
+            stop_requested = float(flags[2]) > 0
+            grad_norm = self._clip_grads()
+            if not (math.isfinite(ce) and math.isfinite(aux) and math.isfinite(grad_norm)):
+                self._diverged(s.step + 1, ce + aux, grad_norm)
+                return
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dt = time.perf_counter() - t0
+            if info.enabled:  # every rank must agree on elapsed time: it drives budget, evals, checkpoints
+                dt = float(all_reduce_(info, torch.tensor([dt], dtype=torch.float64, device=self.device), "max")[0])
+            s.step += 1
+            s.tokens += self.tokens_per_step
+            s.flops += self.tokens_per_step * self.flops_per_token
+            s.elapsed_s += dt
+            s.last_step_s = dt
+            s.update_ema(ce)
+            row_tokens += self.tokens_per_step
+            row_time += dt
+            finished = self._done()
+            if s.step % t.log_every == 0 or finished or stop_requested:
+                self._train_row(ce, aux, mult, grad_norm, row_tokens / max(row_time, 1e-9))
+                row_tokens, row_time = 0, 0.0
+            if finished or self._eval_due():
+                self._periodic_eval()
+            if self.progress is not None:
+                self._show_progress()
+            if stop_requested:
+                name = signal.Signals(stop.received).name if stop.received else "a signal on another rank"
+                self.status = "interrupted"
+                self.error = f"stopped by {name} after step {s.step}; continue with --resume {self.run_dir}"
+                self._checkpoint()
+                return
+            due_steps = t.checkpoint_every_steps and s.step % t.checkpoint_every_steps == 0
+            due_time = t.checkpoint_every_s and s.elapsed_s - last_ckpt_elapsed >= t.checkpoint_every_s
+            if finished or due_steps or due_time:
+                self._checkpoint()
+                last_ckpt_elapsed = s.elapsed_s
+        self.status = "completed"
+
+    def _forward_backward(self, step: int) -> tuple[float, float]:
+        t, info = self.config.train, self.info
+        x_all, y_all = step_batch(self.train_tokens, t.resolved_data_seed, step, t.seq_len, t.batch_size,
+                                  info.rank, info.world_size)
+        ce_sum = torch.zeros((), device=self.device)
+        aux_sum = torch.zeros((), device=self.device)
+        for i in range(t.grad_accum):
+            x = x_all[i * self.micro:(i + 1) * self.micro].to(self.device, non_blocking=True)
+            y = y_all[i * self.micro:(i + 1) * self.micro].to(self.device, non_blocking=True)
+            last = i == t.grad_accum - 1
+            sync = (self.train_model.no_sync() if info.enabled and not last else contextlib.nullcontext())
+            with sync:
+                with self._autocast():
+                    logits = self.train_model(x)
+                    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+                    aux_losses = self.model.aux_losses()
+                    aux = sum(aux_losses.values()) if aux_losses else torch.zeros((), device=self.device)
+                ((ce + aux) / t.grad_accum).backward()
+            ce_sum += ce.detach()
+            aux_sum += aux.detach().float() if torch.is_tensor(aux) else float(aux)
+        return float(ce_sum) / t.grad_accum, float(aux_sum) / t.grad_accum
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _clip_grads(self) -> float:
+        clip = self.config.optim.grad_clip
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"), foreach=True)
+        return float(norm)
+
+    def _diverged(self, step: int, loss: float, grad_norm: float) -> None:
+        self.status, self.diverged_at = "diverged", step
+        found = ckpt.find_checkpoint(self.run_dir / "checkpoints")
+        kept = f"last good checkpoint: step {ckpt.load_state(found)['counters']['step']} ({found})" if found \
+            else "no checkpoint was written before it"
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+        self.error = f"{what} at step {step}: training stopped; {kept}"
+        self.metrics.write({"step": self.state.step, "kind": "diverged", "diverged_at_step": step,
+                            "loss": loss, "grad_norm": grad_norm})
+
+    # -- logging, evals, checkpoints ---------------------------------------------------------------
+    def _train_row(self, ce: float, aux: float, mult: float, grad_norm: float, tok_per_s: float) -> None:
+        s = self.state
+        flops_per_s = tok_per_s * self.flops_per_token
+        row: dict[str, Any] = {
+            "kind": "train", "step": s.step, "tokens": s.tokens, "loss": ce, "loss_ema": s.loss_ema,
+            "lr": self.optimizer.param_groups[0]["lr"], "lr_mult": mult, "grad_norm": grad_norm,
+            "tok_per_s": tok_per_s, "flops": s.flops, "elapsed_s": s.elapsed_s,
+            "mfu": flops_per_s / (self.peak * self.info.world_size) if self.peak else None,
+        }
+        if aux:
+            row["aux_loss"] = aux
+        for key, value in (self.model.stats() or {}).items():
+            row[key if key not in row else f"model_{key}"] = float(value)
+        self.metrics.write(row)
+        self.last_row = row
+
+    def _eval_due(self) -> bool:
+        t, s = self.config.train, self.state
+        if t.eval_every_steps and s.step % t.eval_every_steps == 0:
+            return True
+        return bool(t.eval_every_s) and s.elapsed_s - s.last_eval_elapsed_s >= t.eval_every_s
+
+    def _evaluate(self, max_targets: int | None) -> dict[str, Any]:
+        from lumi.metrics.evaluate import evaluate_bpb
+
+        t = self.config.train
+        return evaluate_bpb(self.model, self.val_tokens, self.val_bytes, t.seq_len,
+                            max(1, t.batch_size // t.grad_accum // self.info.world_size), self.device,
+                            max_targets=max_targets, autocast_dtype=self.autocast_dtype,
+                            rank=self.info.rank, world_size=self.info.world_size)
+
+    def _eval_row(self, result: dict[str, Any], final: bool) -> dict[str, Any]:
+        s = self.state
+        row = {"kind": "eval", "step": s.step, "tokens": s.tokens, "flops": s.flops, "elapsed_s": s.elapsed_s,
+               "val_bpb": result["bpb"], "val_loss": result["loss"], "train_loss_ema": s.loss_ema,
+               "final": final, "protocol": result["protocol"]}
+        self.metrics.write(row)
+        return row
+
+    def _periodic_eval(self) -> None:
+        self.last_eval = self._evaluate(self.config.train.eval_tokens)
+        self.state.last_eval_elapsed_s = self.state.elapsed_s
+        self._eval_row(self.last_eval, final=False)
+
+    def _final_eval(self) -> None:
+        mode = self.config.train.final_eval
+        if mode == "none":
+            return
+        covers_all = self.config.train.eval_tokens >= len(self.val_tokens) - 1
+        if self.last_eval is not None and (mode == "subset" or covers_all):
+            self.final_eval = self.last_eval  # the last periodic eval already scored this at this step
+        else:
+            self.final_eval = self._evaluate(None if mode == "full" else self.config.train.eval_tokens)
+        self._eval_row(self.final_eval, final=True)
+        if self.progress is not None:
+            self.progress.close(f"final val_bpb {self.final_eval['bpb']:.4f} ({self.final_eval['protocol']['subset']})")
+
+    def _checkpoint(self) -> None:
+        s = self.state
+        rngs = all_gather_object(self.info, ckpt.rng_state())
+        if not self.info.is_main:
+            barrier(self.info)
+            return
+        t = self.config.train
+        state = {
+            "counters": {k: getattr(s, k) for k in RunState.__dataclass_fields__},
+            "step": s.step, "tokens": s.tokens, "flops": s.flops, "elapsed_s": s.elapsed_s,
+            "wall_s": s.wall_s + (time.perf_counter() - self.session_start),
+            "rng": rngs,
+            "data": {"sampler": "random windows; numpy PCG64(SeedSequence([data_seed, step]))",
+                     "data_seed": t.resolved_data_seed, "next_step": s.step, "seq_len": t.seq_len,
+                     "batch_size": t.batch_size},
+            "data_fingerprint": self.data.fingerprint(),
+            "saved_at": _now(),
+        }
+        state["counters"]["wall_s"] = state["wall_s"]
+        try:
+            ckpt.save_checkpoint(self.run_dir / "checkpoints", self.model, self.optimizer.state_dict(), state)
+        finally:
+            barrier(self.info)
+
+    def _show_progress(self) -> None:
+        s = self.state
+        done = s.step if self.total_steps is not None else s.elapsed_s
+        parts = [f"step {s.step}" + (f"/{self.total_steps}" if self.total_steps else "")]
+        if s.loss_ema is not None:
+            parts.append(f"loss {s.loss_ema:.3f}")
+        if self.last_eval is not None:
+            parts.append(f"val {self.last_eval['bpb']:.3f} bpb")
+        rate = getattr(self, "last_row", {}).get("tok_per_s")
+        if rate:
+            parts.append(f"{rate:,.0f} tok/s")
+        self.progress.update(done, "  ".join(parts))
+
+    # -- summary -----------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        s, t, m = self.state, self.config.train, self.config.model
+        counts = self.model.param_counts()
+        wall = s.wall_s + (time.perf_counter() - self.session_start)
+        fe = self.final_eval
+        return {
+            "name": self.config.name or self.run_dir.name,
+            "run_dir": str(self.run_dir),
+            "model": m.name,
+            "preset": m.preset,
+            "params": counts.total,
+            "non_embedding_params": counts.non_embedding,
+            "active_params": counts.active if counts.active is not None else counts.total,
+            "flops_per_token": self.flops_per_token,
+            "vocab_size": self.vocab_size,
+            "seq_len": t.seq_len,
+            "batch_size": t.batch_size,
+            "budget": t.budget,
+            "seed": t.seed,
+            "init_seed": t.resolved_init_seed,
+            "data_seed": t.resolved_data_seed,
+            "optimizer": self.config.optim.name,
+            "steps": s.step,
+            "tokens": s.tokens,
+            "flops": s.flops,
+            "train_s": s.elapsed_s,
+            "wall_s": wall,
+            "tok_per_s": s.tokens / s.elapsed_s if s.elapsed_s > 0 else None,
+            "mfu": (s.tokens / s.elapsed_s * self.flops_per_token / (self.peak * self.info.world_size)
+                    if s.elapsed_s > 0 and getattr(self, "peak", 0) else None),
+            "peak_flops": getattr(self, "peak", None),
+            "final_train_loss_ema": s.loss_ema,
+            "final_val_bpb": fe["bpb"] if fe else None,
+            "final_val_loss": fe["loss"] if fe else None,
+            "final_val_protocol": fe["protocol"] if fe else None,
+            "unigram_val_bpb": getattr(self, "unigram", None),
+            "data": str(self.data.directory),
+            "tokenizer": self.data.tokenizer.spec,
+            "device": str(self.device),
+            "precision": self.precision_name,
+            "world_size": self.info.world_size,
+            "status": self.status,
+            "error": self.error,
+            "diverged_at_step": self.diverged_at,
+            "resumed_from_step": self.resumed_from,
+        }
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def total_steps(budget: Budget, tokens_per_step: int, flops_per_token: float) -> int | None:
+    """Optimizer steps a budget allows (rounded up); None for wall-clock budgets."""
+    if budget.kind == "steps":
+        return int(budget.value)
+    if budget.kind == "tokens":
+        return max(1, math.ceil(budget.value / tokens_per_step))
+    if budget.kind == "flops":
+        return max(1, math.ceil(budget.value / (tokens_per_step * flops_per_token)))
+    return None
+
+
+def resolve_device(pref: str, info: DistInfo) -> torch.device:
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", info.local_rank)
+        return torch.device("cpu")
+    if pref.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise LumiError(f"train.device={pref!r} but CUDA is not available here; use train.device=cpu or auto")
+        return torch.device("cuda", info.local_rank) if pref == "cuda" else torch.device(pref)
+    if pref == "mps" and not torch.backends.mps.is_available():
+        raise LumiError("train.device='mps' but MPS is not available here; use train.device=cpu or auto")
+    return torch.device(pref)
+
+
+def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None:
+    """None = plain float32; bf16 autocast on CUDA by default (bf16 matmuls are ~100x slower on CPU)."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def _set_threads(threads: int | None, info: DistInfo) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    elif info.local_world_size > 1:  # share the cores between the processes on this node
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.local_world_size))
+
+
+def load_data(config: TrainConfig, progress: bool, info: DistInfo):
+    """The run's PreparedData: an explicit data.dir, or corpus + tokenizer prepared (or reused) in $LUMI_HOME."""
+    from lumi.data.prepare import load_prepared, prepare
+
+    d = config.data
+    if d.dir:
+        return load_prepared(Path(d.dir))
+    if info.enabled and not info.is_main:
+        barrier(info)  # rank 0 prepares; the others then reuse its output
+        return prepare(d.corpus, d.tokenizer, progress=False)
+    data = prepare(d.corpus, d.tokenizer, progress=progress)
+    barrier(info)
+    return data
+
+
+def _unigram(data: Any) -> float | None:
+    from lumi.metrics.evaluate import unigram_bpb
+
+    try:
+        return unigram_bpb(data)["bpb"]
+    except ValueError:
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

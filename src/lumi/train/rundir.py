@@ -1,0 +1,119 @@
+"""The run directory's files (DESIGN.md "Run directory"): config.yaml, env.json, metrics.jsonl, summary.json.
+
+Only rank 0 writes. JSON files are replaced atomically (temp file + os.replace); metrics.jsonl is
+appended line by line and flushed, and on resume rows past the checkpoint are dropped, so a
+killed-and-resumed run has exactly the rows of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from lumi.errors import LumiError
+from lumi.train.config import TrainConfig
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN/inf: write them as null (a diverged loss is recorded by status, not a bare NaN)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return _clean(obj.item())
+    return obj
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl (one JSON object per line)."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+        self._f = open(path, "a") if enabled else None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._f is None:
+            return
+        self._f.write(json.dumps(_clean(row)) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Rows of a metrics.jsonl; a torn last line (killed mid-write) is skipped."""
+    rows: list[dict[str, Any]] = []
+    if not path.is_file():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep only rows up to ``last_step`` (the checkpoint we resume from); rewritten atomically."""
+    rows = [r for r in read_metrics(path) if int(r.get("step", 0)) <= last_step]
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise LumiError(f"cannot resume {str(run_dir)!r}: it has no config.yaml (not a lumi train run directory)")
+    from lumi.train.config import load_config
+
+    return load_config(path)
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts, as 'key: a -> b'."""
+    out: list[str] = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, name + ".")
+        elif va != vb:
+            out.append(f"{name}: {va!r} -> {vb!r}")
+    return out
+
+
+def ensure_new_run_dir(run_dir: Path) -> None:
+    """Refuse to overwrite an existing, non-empty run directory."""
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise LumiError(f"run directory {str(run_dir)!r} already exists; continue it with "
+                        f"`lumi train --resume {run_dir}` or choose another --out / --name")
+
+
+def create_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise LumiError(f"cannot write to run directory {str(run_dir)!r}: {e.strerror or e}; "
+                        f"choose a writable --out") from None
