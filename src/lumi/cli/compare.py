@@ -101,7 +101,6 @@ def build_spec(args: argparse.Namespace):
     """The CompareSpec from --config / the default, then the command line on top."""
     import yaml
 
-    from lumi.compare.arms import parse_arm
     from lumi.compare.spec import auto_name, default_spec_dict, load_spec_file, spec_from_dict
 
     if args.config:
@@ -116,10 +115,7 @@ def build_spec(args: argparse.Namespace):
         default_name = "default"
         if args.arms:
             raw.pop("name", None)
-            raw["arms"] = [parse_arm(a).to_dict() | {"model": _arm_model(a)} for a in args.arms]
-            for entry in raw["arms"]:
-                entry.pop("name", None)
-                entry.pop("preset", None)
+            raw["arms"] = list(args.arms)  # the one-word form; parsed by spec_from_dict
     for key in ("baseline", "seeds", "budget", "match", "threshold", "jobs", "name"):
         value = getattr(args, key)
         if value is not None:
@@ -148,12 +144,6 @@ def build_spec(args: argparse.Namespace):
         spec.name = auto_name(spec.arms)
     _attach_model_files(spec, args.model_file)
     return spec
-
-
-def _arm_model(text: str) -> str:
-    """The MODEL[:PRESET][+k=v] part of a CLI arm (without a LABEL= prefix)."""
-    head, _, rest = text.partition("=")
-    return rest if rest and ":" not in head and "+" not in head else text
 
 
 def _attach_model_files(spec, files: list[str]) -> None:

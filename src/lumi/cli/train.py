@@ -125,11 +125,28 @@ def default_run_name(cfg) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumi.train.distributed import broadcast_object, setup_distributed
-    from lumi.train.loop import check_run_dir, train
+    from lumi.train.distributed import setup_distributed, teardown_distributed
 
     cfg = build_config(args)
     info = setup_distributed(cfg.train.device)
+    try:
+        summary = _run(args, cfg, info)
+    except BaseException:
+        teardown_distributed(info, clean=False)
+        raise
+    teardown_distributed(info)
+    if info.is_main:
+        if args.json:
+            print_json(summary)
+        else:
+            print_summary(summary)
+    return {"completed": 0, "interrupted": 130, "diverged": 1}.get(summary["status"], 1)
+
+
+def _run(args: argparse.Namespace, cfg, info) -> dict[str, Any]:
+    from lumi.train.distributed import broadcast_object
+    from lumi.train.loop import check_run_dir, train
+
     if args.resume:
         run_dir = Path(args.resume)
     elif args.out:
@@ -139,20 +156,13 @@ def run(args: argparse.Namespace) -> int:
             cfg.name = broadcast_object(info, default_run_name(cfg))  # every rank must pick the same directory
         run_dir = Path("runs") / cfg.name
     check_run_dir(cfg, run_dir, bool(args.resume))  # fail before printing anything
-    main = info.is_main
-    if main:
+    if info.is_main:
         out = sys.stderr if args.json else sys.stdout
         verb = "resuming" if args.resume else "training"
         print(f"{verb} {cfg.model.name}:{cfg.model.preset or 'custom'} into {run_dir} "
               f"(budget {cfg.train.budget}, seed {cfg.train.seed}) with config:", file=out)
         print("  " + cfg.to_yaml().rstrip().replace("\n", "\n  "), file=out, flush=True)
-    summary = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
-    if main:
-        if args.json:
-            print_json(summary)
-        else:
-            print_summary(summary)
-    return {"completed": 0, "interrupted": 130, "diverged": 1}.get(summary["status"], 1)
+    return train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
 
 
 def print_summary(s: dict[str, Any]) -> None:

@@ -164,6 +164,7 @@ def prepare(corpus: str, tokenizer: str, out: Path | None = None, progress: bool
     corpus_obj = load_corpus(corpus, log=log)
     split = split_documents(corpus_obj.documents)
     out = Path(out) if out is not None else default_data_dir(corpus_obj.name, str(spec))
+    _check_output_dir(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -224,6 +225,20 @@ def _prepare_locked(corpus: Corpus, split: Split, spec: str, out: Path, progress
         "tokenize_tokens_per_s": speed["tokens"] / max(speed["seconds"], 1e-9),
     }
     return data
+
+
+_OUR_FILES = {MANIFEST, "lumi_tokenizer.json", "tokenizer.json", "train.bin", "val.bin", ".lock"}
+
+
+def _check_output_dir(out: Path) -> None:
+    """Only write into a new/empty directory or one that `prepare` wrote: never mix with other files."""
+    if out.exists() and not out.is_dir():
+        raise LumiError(f"--out {out}: exists and is not a directory; choose a new or empty directory")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in _OUR_FILES and ".tmp-" not in p.name)
+        if foreign:
+            raise LumiError(f"--out {out}: holds files `lumi data prepare` did not write ({', '.join(foreign[:3])}"
+                            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory")
 
 
 def _write_split(path: Path, docs: list[Document], tok: Tokenizer, dtype: np.dtype, name: str,

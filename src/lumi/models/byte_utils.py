@@ -120,22 +120,38 @@ def global_capacity(seq_len: int, global_patch_len: int) -> int:
     return math.ceil(seq_len / global_patch_len)
 
 
-def gather_index(boundaries: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of the first ``capacity`` boundaries of each row, padded with T.
+def running_budget(boundaries: torch.Tensor, global_patch_len: int) -> torch.Tensor:
+    """Which boundaries the global model runs at: by position t at most ceil((t+1) / global_patch_len)
+    of them (a token bucket; earlier boundaries first).
 
-    Returns (index [B, capacity] with values in 0..T where T marks padding, kept [B, T] bool).
-    Keeping the FIRST boundaries is causal: whether boundary t is kept depends on the number of
-    boundaries at positions <= t.
+    Kept boundaries K_t follow K_t = min(K_{t-1} + b_t, A_t) with A_t = ceil((t+1)/P); unrolled,
+    K_t = S_t + min(0, min_{s<=t} (A_s - S_s)) with S the running boundary count. The decision at t
+    depends on positions <= t only, and not on the sequence length, so a prefix is processed exactly
+    as the start of a longer sequence. At most ceil(T / P) boundaries are kept in a row of T.
     """
     b, t = boundaries.shape
-    rank = boundaries.long().cumsum(dim=1) - 1
-    kept = boundaries & (rank < capacity)
+    pos = torch.arange(t, device=boundaries.device)
+    allowance = (pos + global_patch_len) // global_patch_len  # ceil((t+1)/P)
+    s = boundaries.long().cumsum(dim=1)
+    k = s + (allowance - s).cummin(dim=1).values.clamp(max=0)
+    prev = F.pad(k, (1, 0))[:, :-1]
+    return boundaries & (k > prev)
+
+
+def gather_index(kept: torch.Tensor, capacity: int) -> torch.Tensor:
+    """[B, capacity] positions of the kept boundaries of each row, in order, padded with T.
+
+    ``kept`` must have at most ``capacity`` True per row (``running_budget`` guarantees it).
+    """
+    b, t = kept.shape
+    rank = kept.long().cumsum(dim=1) - 1
+    if int(rank[:, -1].max()) >= capacity:
+        raise ValueError(f"{int(rank[:, -1].max()) + 1} kept boundaries exceed the capacity {capacity}")
     column = torch.where(kept, rank, torch.full_like(rank, capacity))  # unkept -> a spare column
-    index = torch.full((b, capacity + 1), t, dtype=torch.long, device=boundaries.device)
-    pos = torch.arange(t, device=boundaries.device).expand(b, t)
+    index = torch.full((b, capacity + 1), t, dtype=torch.long, device=kept.device)
+    pos = torch.arange(t, device=kept.device).expand(b, t)
     index.scatter_(1, column, pos)
-    index[:, capacity] = t  # the spare column collected the unkept positions: drop it
-    return index[:, :capacity], kept
+    return index[:, :capacity]  # the spare column collected the unkept positions: drop it
 
 
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -239,6 +255,7 @@ __all__ = [
     "is_spacelike",
     "make_windowed",
     "ngram_params",
+    "running_budget",
     "scatter_add_rows",
     "validate_ngrams",
     "spacelike_boundaries",

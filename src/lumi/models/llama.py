@@ -137,6 +137,10 @@ def attention_flops_per_token(n_layers: int, seq_len: int, qk_dim: int, v_dim: i
         "tiny": dict(n_layers=6, d_model=256, n_heads=4),
         "small": dict(n_layers=12, d_model=512, n_heads=8),
         "base": dict(n_layers=24, d_model=768, n_heads=12),
+        # Byte-level baselines (bytes tokenizer, V = 257) matched to the byte-patch models' presets;
+        # byte-nano is also the default entropy patcher of `bltpatch`.
+        "byte-nano": dict(n_layers=2, d_model=64, n_heads=2, vocab_size=257),
+        "byte-micro": dict(n_layers=4, d_model=128, n_heads=2, vocab_size=257),
     },
     cpu_presets=("nano", "micro"),
 )

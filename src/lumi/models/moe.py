@@ -93,6 +93,18 @@ class MoEConfig(LlamaConfig):
             raise LumiError(f"capacity_factor must be > 0 or null (no capacity limit), got {self.capacity_factor}")
 
 
+@dataclass
+class Routing:
+    """One layer's routing of N token rows: router logits/probabilities [N, E], the chosen experts
+    and their gates [N, top_k], and which assignments fit in the capacity [N, top_k]."""
+
+    logits: torch.Tensor
+    probs: torch.Tensor
+    gates: torch.Tensor
+    experts: torch.Tensor
+    keep: torch.Tensor
+
+
 class MoEMLP(nn.Module):
     """Top-k routed experts. Input/output [B, T, d]. Keeps the last forward's routing statistics."""
 
@@ -113,40 +125,45 @@ class MoEMLP(nn.Module):
             return None
         return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        e, k = self.n_experts, self.top_k
-        # Position-major rows (row = pos * B + batch): queues fill position by position (causal).
-        flat = x.transpose(0, 1).reshape(t * b, d)
-        n = flat.shape[0]
-        with torch.autocast(device_type=x.device.type, enabled=False):
+    def route(self, flat: torch.Tensor) -> Routing:
+        """Routing of position-major token rows [N, d] (row = position * B + batch row)."""
+        e, k, n = self.n_experts, self.top_k, flat.shape[0]
+        with torch.autocast(device_type=flat.device.type, enabled=False):
             logits = F.linear(flat.float(), self.router.weight.float())  # [N, E]
         probs = logits.softmax(dim=-1)
         gates, idx = probs.topk(k, dim=-1)  # [N, k]
         if self.renormalize:
             gates = gates / gates.sum(dim=-1, keepdim=True)
-        assign = F.one_hot(idx, e)  # [N, k, E]
-
         keep = torch.ones_like(idx, dtype=torch.bool)
         cap = self.capacity(n)
         if cap is not None:
-            # Queue position of each assignment in (position, batch row, slot) order.
-            queue = assign.reshape(n * k, e).cumsum(dim=0).reshape(n, k, e) - 1
-            keep = (queue * assign).sum(dim=-1) < cap
+            # Queue position of each assignment in (position, batch row, slot) order: an assignment
+            # only competes with assignments at the same or earlier positions (causal).
+            assign = F.one_hot(idx, e).reshape(n * k, e)
+            queue = (assign.cumsum(dim=0) - 1).gather(1, idx.reshape(n * k, 1)).reshape(n, k)
+            keep = queue < cap
+        return Routing(logits=logits, probs=probs, gates=gates, experts=idx, keep=keep)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        flat = x.transpose(0, 1).reshape(t * b, d)  # position-major rows, see route()
+        r = self.route(flat)
         out = torch.zeros_like(flat)
         for i, expert in enumerate(self.experts):
-            rows, slots = ((idx == i) & keep).nonzero(as_tuple=True)
+            rows, slots = ((r.experts == i) & r.keep).nonzero(as_tuple=True)
             if rows.numel() == 0:
                 continue
             y = expert(flat[rows])
-            out.index_add_(0, rows, y * gates[rows, slots].unsqueeze(-1).to(y.dtype))
+            # index_put_ with accumulate has a deterministic CUDA implementation (index_add_ may not).
+            gate = r.gates[rows, slots].unsqueeze(-1).to(out.dtype)
+            out.index_put_((rows,), y.to(out.dtype) * gate, accumulate=True)
 
-        f = assign.sum(dim=(0, 1)).float() / (n * k)  # fraction of assignments per expert (sums to 1)
-        self.load_balance = e * (f * probs.mean(dim=0)).sum()
-        self.z_loss = torch.logsumexp(logits, dim=-1).square().mean()
-        self.dropped_frac = float((~keep).sum()) / (n * k)
-        self.max_load = float(f.max()) * e
+        n_assign = r.experts.numel()
+        f = F.one_hot(r.experts, self.n_experts).sum(dim=(0, 1)).float() / n_assign  # f_i, sums to 1
+        self.load_balance = self.n_experts * (f * r.probs.mean(dim=0)).sum()
+        self.z_loss = torch.logsumexp(r.logits, dim=-1).square().mean()
+        self.dropped_frac = float((~r.keep).sum()) / n_assign
+        self.max_load = float(f.max()) * self.n_experts
         return out.reshape(t, b, d).transpose(0, 1)
 
 

@@ -45,9 +45,15 @@ BUILTIN_MODULES: list[str] = [
     "lumi.models.llama",
     "lumi.models.bytepatch",
     "lumi.models.spacebyte",
+    "lumi.models.bltpatch",
     "lumi.models.multiscale",
     "lumi.models.mla",
+    "lumi.models.recurrent",
+    "lumi.models.lowrank",
     "lumi.models.vocabspace",
+    "lumi.models.ut_act",
+    "lumi.models.pause",
+    "lumi.models.moe",
 ]
 
 

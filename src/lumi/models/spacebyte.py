@@ -14,9 +14,10 @@ What is implemented:
   d_local channels are added back in place at the same positions (``global_merge``);
 - every position is a prediction and a target: nothing is ignored. SpaceByte ignores the targets
   beyond its global-context budget (its "ignored fraction") — that drops hard bytes from the BPB
-  denominator, so here the gathered sequence is padded instead, and a boundary beyond the budget is
-  simply not run through the global blocks (its bytes are still predicted, by the local blocks
-  with the global states of the earlier boundaries). ``stats()`` reports that fraction.
+  denominator. Here the gathered sequence is padded to a fixed length instead, and a boundary
+  beyond the budget is simply not run through the global blocks (its bytes are still predicted, by
+  the local blocks with the global states of the earlier boundaries). ``stats()`` reports the
+  fraction of such boundaries and the mean patch length.
 
 Alignment with Lumi (logits at t predict byte t+1): the global block at boundary position s reads the
 local stream at s, built from bytes 0..s; its output is added at position s, and later local blocks
@@ -24,12 +25,15 @@ carry it to positions >= s by causal attention. The prediction at t therefore us
 of boundaries s <= t only, i.e. of patches whose first byte is at or before t: with the space rule
 the global model runs on the space/punctuation byte that ENDS a word and helps predict the next word.
 Whether s is a boundary depends on bytes s-1 and s (and, for forced boundaries and the budget, on
-boundaries before s) — all <= t.
+boundaries before s) — all <= t. Separator ids are boundaries, so a new document starts a patch.
 
 Choices where the public description is open (config fields):
-- ``global_patch_len``: the global model processes exactly ceil(T / global_patch_len) positions per
-  sequence (SpaceByte's T_global = T / P budget). A fixed size keeps FLOPs deterministic and matched
-  comparisons fair; boundaries past the budget are counted in ``stats()['dropped_boundary_frac']``.
+- ``global_patch_len`` (P_g): the gathered sequence always has C = ceil(T / P_g) slots (SpaceByte's
+  T_global = T / P budget), so FLOPs are deterministic and matched comparisons fair. Which
+  boundaries fill them is a running budget: by position t at most ceil((t+1) / P_g) boundaries are
+  run globally, earliest first (byte_utils.running_budget). That decision depends on positions <= t
+  only and not on T, so running on a prefix gives exactly the prefix's logits (tested) — a plain
+  "first C boundaries" rule would make early outputs depend on the sequence length.
 - ``global_merge``: "delta" (default) adds the global blocks' residual UPDATE (output - input) to
   the local stream, so with every position a boundary and d_global = d_local the model is exactly
   a llama with n_local_before + n_global_layers + n_local_after layers (tested); "output" adds the
@@ -69,6 +73,7 @@ from lumi.models.byte_utils import (
     gather_rows,
     global_capacity,
     make_windowed,
+    running_budget,
     ngram_params,
     scatter_add_rows,
     spacelike_boundaries,
@@ -149,7 +154,7 @@ class LocalGlobalModel(LumiModel):
     """Local blocks -> global blocks at boundary positions -> local blocks -> head.
 
     Subclasses define ``boundaries(tokens) -> bool [B, T]`` (position 0 must be True); this class
-    adds the forced ``max_patch`` boundaries and the fixed global budget.
+    adds the forced ``max_patch`` boundaries and the running global budget.
     """
 
     config_class = SpaceByteConfig
@@ -198,7 +203,8 @@ class LocalGlobalModel(LumiModel):
             x = block(x)
 
         b = self.patch_boundaries(tokens)
-        index, kept = gather_index(b, global_capacity(t, c.global_patch_len))
+        kept = running_budget(b, c.global_patch_len)
+        index = gather_index(kept, global_capacity(t, c.global_patch_len))
         g_in = F.pad(gather_rows(x, index), (c.d_global - c.d_local, 0))  # zeros first, local channels last
         g = g_in
         for block in self.global_blocks:

@@ -322,7 +322,8 @@ def _coerce(name: str, typ: Any, value: Any, source: str) -> Any:
     base = next((a for a in args if a is not type(None)), typ) if args else typ
     if typing.get_origin(base) is not None:
         base = typing.get_origin(base)
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~")):
+    nullish = ("null", "~", "none") if optional else ("null", "~")
+    if value is None or (isinstance(value, str) and value.strip().lower() in nullish):
         if optional:
             return None
         raise LumiError(f"{source}: {name} cannot be null")

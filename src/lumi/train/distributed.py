@@ -74,3 +74,12 @@ def all_reduce_(info: DistInfo, t: torch.Tensor, op: str = "sum") -> torch.Tenso
     if info.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
     return t
+
+
+def teardown_distributed(info: DistInfo, clean: bool = True) -> None:
+    """Leave the process group (exiting with it alive aborts the process). ``clean=False`` after an
+    error skips the barrier, so a failing rank never waits for ranks that are still training."""
+    if info.enabled and dist.is_initialized():
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()

@@ -107,8 +107,15 @@ def train(config: TrainConfig, run_dir: Path | str, resume: bool = False, progre
 
 
 def check_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
-    """LumiError unless ``run_dir`` can take this run: new and empty, or (resume) trained with this config."""
+    """LumiError unless the model resolves and ``run_dir`` can take this run: new and empty, or (resume)
+    trained with this config. Cheap: runs before any data is prepared or anything is written."""
+    from lumi.models.registry import load_model_file, make_config
+
     config.validate()
+    for f in config.model.files:
+        load_model_file(f)
+    overrides = {k: v for k, v in config.model.overrides.items() if k != "vocab_size"}
+    make_config(config.model.name, config.model.preset, overrides)  # unknown model / preset / field
     if not resume:
         ensure_new_run_dir(run_dir)
         return

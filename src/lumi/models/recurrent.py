@@ -1,0 +1,167 @@
+"""`recurrent`: depth recurrence — a span of `llama` layers re-applied with learned per-pass scales.
+
+Source: parameter-golf PR #686 (msisovic, "Depth Recurrence (layers 4 and 5 repeated)": layers
+4,5 of 11 each executed twice, pattern 0..5,4,5,6..10, "independent learnable block scalars" per
+virtual layer, ~2K extra parameters) and its use in PR #1589 (layers 3,4 twice: 1.3226 BPB).
+
+What is implemented: the `llama` model whose layers [loop_start, loop_end) run ``loops`` times in
+sequence (pattern 0..e-1, s..e-1, ..., e..L-1). The first pass is the plain llama block. Every
+extra pass p >= 2 of every looped block has its own learned scales on the two residual branches,
+``x + a_p * attn(norm(x))`` and ``x + m_p * mlp(norm(x))``; the blocks' weights are shared between
+passes. With loops = 1 there are no extra parameters, the parameter names are llama's, and the
+forward is llama's exactly (a llama state_dict loads strictly and gives identical logits).
+
+Choices where the source is open (config fields):
+
+- ``per_channel_scales`` (default True): each scale is a d_model vector, as PR #686's baseline block
+  scalars are; False uses one scalar per branch and pass.
+- ``pass_scale_init`` (default 1.0): 1 = an extra pass starts as a full re-application of the
+  block; 0 = it starts as the identity, so a freshly built model equals llama.
+- ``loop_start``/``loop_end`` default (null) to the middle two layers (or all layers when there are
+  fewer than two).
+- Init: residual output projections are scaled by 1/sqrt(2 * effective depth), as llama's are by
+  its depth, since every virtual layer adds to the residual stream.
+
+Parameters scale with unique depth, FLOPs with effective depth = n_layers + (loops-1) * span
+(reported by ``unique_depth``/``effective_depth`` and in ``stats()``). Not implemented: PR #686's
+other ingredients (U-Net skips, value embeddings, test-time training, quantisation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lumi.errors import LumiError
+from lumi.models.layers import KVCache, LayerKVCache, init_linear_weights, scale_residual_projections
+from lumi.models.llama import Llama, LlamaConfig, attention_flops_per_token, llama_layer_matmul_params, \
+    llama_param_formula
+from lumi.models.registry import register
+
+
+@dataclass
+class RecurrentConfig(LlamaConfig):
+    loop_start: int | None = None  # first looped layer; null = the middle two layers
+    loop_end: int | None = None  # one past the last looped layer
+    loops: int = 2  # passes over the span; 1 = llama exactly
+    per_channel_scales: bool = True
+    pass_scale_init: float = 1.0
+
+    @property
+    def span(self) -> tuple[int, int]:
+        if self.loop_start is None and self.loop_end is None:
+            width = min(2, self.n_layers)
+            start = (self.n_layers - width) // 2
+            return start, start + width
+        start = self.loop_start if self.loop_start is not None else 0
+        end = self.loop_end if self.loop_end is not None else self.n_layers
+        return start, end
+
+    @property
+    def effective_depth(self) -> int:
+        start, end = self.span
+        return self.n_layers + (self.loops - 1) * (end - start)
+
+    def virtual_layers(self) -> list[tuple[int, int]]:
+        """(block index, pass index) in execution order; pass 0 is the plain block."""
+        start, end = self.span
+        order = [(i, 0) for i in range(start)]
+        for p in range(self.loops):
+            order += [(i, p) for i in range(start, end)]
+        return order + [(i, 0) for i in range(end, self.n_layers)]
+
+    def validate(self) -> None:
+        super().validate()
+        if self.loops < 1:
+            raise LumiError(f"loops must be >= 1 (1 = the llama baseline), got {self.loops}")
+        start, end = self.span
+        if not 0 <= start < end <= self.n_layers:
+            raise LumiError(f"loop_start/loop_end must satisfy 0 <= loop_start < loop_end <= n_layers={self.n_layers}, "
+                            f"got loop_start={self.loop_start}, loop_end={self.loop_end}")
+
+
+@register(
+    "recurrent",
+    description="Depth recurrence (parameter-golf PR #686): llama with a layer span re-applied with per-pass scales",
+    presets={
+        "nano": dict(n_layers=2, d_model=64, n_heads=2, loops=2),  # layers 0,1,0,1
+        "micro": dict(n_layers=4, d_model=128, n_heads=2, loops=2),  # layers 0,1,2,1,2,3
+        "tiny": dict(n_layers=6, d_model=256, n_heads=4, loops=2),  # layers 0..3,2,3,4,5
+        "small": dict(n_layers=12, d_model=512, n_heads=8, loops=2),  # 14 virtual layers from 12
+    },
+    cpu_presets=("nano", "micro"),
+)
+class Recurrent(Llama):
+    config_class = RecurrentConfig
+
+    def __init__(self, config: RecurrentConfig) -> None:
+        super().__init__(config)
+        start, end = config.span
+        if config.loops > 1:
+            width = config.d_model if config.per_channel_scales else 1
+            shape = (config.loops - 1, end - start, width)
+            self.attn_scales = nn.Parameter(torch.full(shape, float(config.pass_scale_init)))
+            self.mlp_scales = nn.Parameter(torch.full(shape, float(config.pass_scale_init)))
+
+    @property
+    def unique_depth(self) -> int:
+        return self.config.n_layers
+
+    @property
+    def effective_depth(self) -> int:
+        return self.config.effective_depth
+
+    def reset_parameters(self) -> None:
+        c = self.config
+        init_linear_weights(self, c.init_std)
+        scale_residual_projections(self, c.effective_depth, zero=c.zero_init_proj, std=c.init_std)
+        for name in ("attn_scales", "mlp_scales"):
+            if hasattr(self, name):
+                nn.init.constant_(getattr(self, name), float(c.pass_scale_init))
+
+    def new_cache(self) -> KVCache:
+        return KVCache(layers=[LayerKVCache() for _ in range(self.config.effective_depth)])
+
+    def _extra_pass(self, block: nn.Module, x: torch.Tensor, a: torch.Tensor, m: torch.Tensor,
+                    cache: LayerKVCache | None) -> torch.Tensor:
+        x = x + a * block.resid_dropout(block.attn(block.attn_norm(x), cache))
+        return x + m * block.mlp(block.mlp_norm(x))
+
+    def hidden_states(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        c = self.config
+        start = c.span[0]
+        x = self.embed_dropout(self.embed(tokens))
+        for v, (i, p) in enumerate(c.virtual_layers()):
+            block = self.blocks[i]
+            layer_cache = cache.layers[v] if cache is not None else None
+            use_ckpt = c.gradient_checkpointing and self.training and layer_cache is None
+            if p == 0:
+                x = checkpoint(block, x, use_reentrant=False) if use_ckpt else block(x, layer_cache)
+            else:
+                args = (block, x, self.attn_scales[p - 1, i - start], self.mlp_scales[p - 1, i - start], layer_cache)
+                x = checkpoint(self._extra_pass, *args, use_reentrant=False) if use_ckpt else self._extra_pass(*args)
+        if cache is not None:
+            cache.position += tokens.shape[1]
+        return self.norm(x)
+
+    def stats(self) -> dict[str, float]:
+        return {"unique_depth": float(self.unique_depth), "effective_depth": float(self.effective_depth)}
+
+    def flops_per_token(self, seq_len: int) -> float:
+        c = self.config
+        depth = c.effective_depth
+        matmul = depth * llama_layer_matmul_params(c) + c.vocab_size * c.d_model
+        return 6.0 * matmul + attention_flops_per_token(depth, seq_len, c.n_heads * c.dim_head,
+                                                        c.n_heads * c.dim_head)
+
+
+def recurrent_param_formula(c: RecurrentConfig) -> dict[str, int]:
+    """llama's count at unique depth plus the per-pass scales."""
+    base = llama_param_formula(c)
+    start, end = c.span
+    scales = 2 * (c.loops - 1) * (end - start) * (c.d_model if c.per_channel_scales else 1)
+    return {"total": base["total"] + scales, "non_embedding": base["non_embedding"] + scales}
+

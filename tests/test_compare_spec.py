@@ -1,0 +1,118 @@
+"""Arms, specs and budget matching: parsing, labels, pairing rules, per-arm budgets (no training)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lumi.compare.arms import Arm, parse_arm
+from lumi.compare.plan import ModelFacts, model_facts, plan_budgets, validate_pairing
+from lumi.compare.spec import default_spec_dict, parse_seeds, spec_from_dict
+from lumi.errors import LumiError
+
+
+def test_parse_arm_forms():
+    a = parse_arm("llama:micro+mlp=relu2+qk_norm=true")
+    assert (a.name, a.preset, a.overrides) == ("llama", "micro", {"mlp": "relu2", "qk_norm": True})
+    assert a.label == "llama:micro+mlp=relu2+qk_norm=true" and a.dirname == "llama-micro+mlp=relu2+qk_norm=true"
+    b = parse_arm("relu2=llama:micro+mlp=relu2")
+    assert (b.label, b.name, b.overrides) == ("relu2", "llama", {"mlp": "relu2"})
+    assert parse_arm("llama").preset is None and parse_arm("llama").label == "llama"
+    with pytest.raises(LumiError, match="FIELD=VALUE"):
+        parse_arm("llama:micro+mlp")
+
+
+def spec(**over):
+    raw = {"arms": ["llama:nano", "llama:nano+mlp=relu2"], "budget": "100steps", "seeds": 2}
+    raw.update(over)
+    return spec_from_dict(raw, "test.yaml")
+
+
+def test_spec_from_yaml_mapping_and_baseline():
+    s = spec(arms=[{"model": "llama:nano", "label": "base"},
+                   {"model": "llama", "preset": "nano", "overrides": {"mlp": "relu2"}}], baseline="llama:nano+mlp=relu2")
+    assert [a.label for a in s.arms] == ["base", "llama:nano+mlp=relu2"]
+    assert s.baseline == "llama:nano+mlp=relu2" and s.seeds == [0, 1]
+    assert spec().baseline == "llama:nano"  # first arm by default
+    default = spec_from_dict(default_spec_dict(), "default")
+    assert default.name == "default" and len(default.arms) >= 2 and default.match == "tokens"
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"arms": ["llama:nano", "llama:nano"]}, "unique label"),
+    ({"baseline": "nope"}, "not one of the arms"),
+    ({"match": "params"}, "is not one of tokens, flops, time"),
+    ({"seeds": 0}, "seeds must be >= 1"),
+    ({"threshold": "big"}, "threshold must be a number"),
+    ({"arms": []}, "non-empty list"),
+    ({"bugdet": "1m"}, "did you mean 'budget'"),
+    ({"arms": [{"model": "llama:nano", "overide": {}}]}, "did you mean 'overrides'"),
+])
+def test_bad_specs_name_the_problem(raw, message):
+    with pytest.raises(LumiError, match=message):
+        spec(**raw)
+
+
+def test_parse_seeds():
+    assert parse_seeds(3) == [0, 1, 2]
+    assert parse_seeds("0,5,7") == [0, 5, 7]
+    assert parse_seeds([4, 2]) == [4, 2]
+    with pytest.raises(LumiError):
+        parse_seeds("1,1")
+
+
+def test_pairing_rules():
+    s = spec(arms=["llama:nano", {"model": "llama:nano+mlp=relu2", "train": {"seq_len": 64}}])
+    with pytest.raises(LumiError, match="paired design"):
+        validate_pairing(s)
+    with pytest.raises(LumiError, match="set by the comparison itself"):
+        validate_pairing(spec(train={"seed": 3}))
+    with pytest.raises(LumiError, match="final_eval=none"):
+        validate_pairing(spec(train={"final_eval": "none"}))
+    validate_pairing(spec(train={"seq_len": 64}))  # shared settings are fine
+
+
+FACTS = {"llama:nano": ModelFacts(10_000, 6_000, 10_000, 1000.0),
+         "llama:nano+mlp=relu2": ModelFacts(8_000, 4_000, 8_000, 2000.0)}
+
+
+def test_match_tokens_gives_every_arm_the_same_steps():
+    plans = plan_budgets(spec(budget="6400 tokens"), FACTS, tokens_per_step=64)
+    assert [(p.steps, p.tokens, p.budget) for p in plans] == [(100, 6400, "100steps")] * 2
+    assert [p.flops for p in plans] == [6400 * 1000.0, 6400 * 2000.0]
+
+
+def test_match_flops_scales_tokens_by_flops_per_token():
+    # 100 steps of the baseline = 6400 tokens x 1000 FLOPs = 6.4e6 FLOPs; the 2x-cost arm gets 3200 tokens.
+    plans = plan_budgets(spec(match="flops"), FACTS, tokens_per_step=64)
+    assert [(p.steps, p.tokens) for p in plans] == [(100, 6400), (50, 3200)]
+    assert plans[0].flops == plans[1].flops == 6.4e6
+    direct = plan_budgets(spec(match="flops", budget="1.28e7flops"), FACTS, tokens_per_step=64)
+    assert [p.steps for p in direct] == [200, 100]
+
+
+def test_match_time_and_time_budget_conversion():
+    plans = plan_budgets(spec(match="time", budget="2m"), FACTS, tokens_per_step=64)
+    assert [(p.budget, p.steps) for p in plans] == [("120s", None)] * 2
+    with pytest.raises(LumiError, match="needs a time budget"):
+        plan_budgets(spec(match="time"), FACTS, tokens_per_step=64)
+    # 2 minutes at a measured 640 tokens/s = 76,800 tokens = 1200 steps of 64.
+    conv = plan_budgets(spec(budget="2m"), FACTS, tokens_per_step=64, probe_tokens_per_s=640.0)
+    assert [p.steps for p in conv] == [1200, 1200]
+
+
+def test_budget_too_small_to_evaluate():
+    with pytest.raises(LumiError, match="too small to evaluate"):
+        plan_budgets(spec(budget="3steps"), FACTS, tokens_per_step=64)
+    with pytest.raises(LumiError, match="too small to evaluate"):
+        plan_budgets(spec(match="time", budget="3s"), FACTS, tokens_per_step=64)
+
+
+def test_model_facts_match_the_built_model():
+    from lumi.models import build_model
+
+    arm = Arm("llama", "nano", {"mlp": "relu2"})
+    facts = model_facts(arm, vocab_size=300, seq_len=32)
+    model = build_model("llama", "nano", {"mlp": "relu2"}, vocab_size=300)
+    pc = model.param_counts()
+    assert (facts.params, facts.non_embedding_params) == (pc.total, pc.non_embedding)
+    assert facts.flops_per_token == model.flops_per_token(32)
