@@ -32,7 +32,7 @@ def tokens(b: int, t: int, seed: int = 0) -> torch.Tensor:
 def naive_mixer(mixer: MultiScaleMixer, x: torch.Tensor, zero_pad: bool) -> torch.Tensor:
     """The definition, one position and window at a time."""
     v = mixer.v_proj(x) if mixer.v_proj is not None else x
-    weights = torch.softmax(mixer.scale_logits, dim=0)
+    weights = torch.softmax(mixer.scale_logits.view(len(mixer.windows), -1), dim=0)
     out = torch.zeros_like(v)
     for t in range(x.shape[1]):
         for s, w in enumerate(mixer.windows):
@@ -52,6 +52,10 @@ def test_mixer_matches_naive_windowed_means(early, fusion):
     mixer = MultiScaleMixer(cfg)
     with torch.no_grad():
         mixer.scale_logits.normal_()  # unequal fusion weights
+    assert mixer.scale_logits.ndim == 1  # optimizers treat it as a vector (no weight decay, no Muon)
+    w = mixer.fusion_weights()
+    assert w.shape == (4, 16 if fusion == "channel" else 1)
+    assert torch.allclose(w.sum(0), torch.ones(w.shape[1]))
     x = torch.randn(2, 40, 16)
     with torch.no_grad():
         assert torch.allclose(mixer(x), naive_mixer(mixer, x, early == "zero_pad"), atol=1e-5)

@@ -48,16 +48,13 @@ def test_one_loop_reproduces_llama_bitwise():
 
 def reference_forward(model: Recurrent, x: torch.Tensor, order: list[int]) -> torch.Tensor:
     """Blocks applied in ``order``; a block's k-th reappearance uses extra-pass scales k-1."""
-    c = model.config
-    start = c.span[0]
     h = model.embed(x)
     seen: dict[int, int] = {}
     for i in order:
         blk = model.blocks[i]
         p = seen.get(i, 0)
         seen[i] = p + 1
-        a = 1.0 if p == 0 else model.attn_scales[p - 1, i - start]
-        m = 1.0 if p == 0 else model.mlp_scales[p - 1, i - start]
+        a, m = (1.0, 1.0) if p == 0 else model.pass_scales(p, i)
         h = h + a * blk.attn(blk.attn_norm(h))
         h = h + m * blk.mlp(blk.mlp_norm(h))
     return model.lm_head(model.norm(h))
@@ -75,7 +72,10 @@ def test_three_loops_match_reference_order_and_scales(per_channel):
     with torch.no_grad():
         assert torch.allclose(model(x), reference_forward(model, x, [0, 1, 2, 1, 2, 1, 2, 3]), atol=1e-6)
     width = 32 if per_channel else 1
-    assert tuple(model.attn_scales.shape) == (2, 2, width)
+    assert model.scales_shape == (2, 2, width)
+    assert model.attn_scales.ndim == 1  # optimizers treat it as a vector (no weight decay, no Muon)
+    a, m = model.pass_scales(2, 1)  # third pass of block 1
+    assert torch.equal(a, model.attn_scales.view(2, 2, width)[1, 0])
 
 
 def test_zero_initialised_extra_passes_are_the_identity():

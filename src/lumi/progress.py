@@ -47,8 +47,11 @@ class ProgressLine:
         if self._live is not None:
             width = 24
             filled = int(width * frac)
-            self._live.update(f"[bold]{self.description}[/] [{'#' * filled}{'.' * (width - filled)}] "
-                              f"{100 * frac:5.1f}% {status} eta {_fmt_s(eta)}")
+            from rich.markup import escape
+
+            bar = escape(f"[{'#' * filled}{'.' * (width - filled)}]")
+            self._live.update(f"[bold]{escape(self.description)}[/] {bar} "
+                              f"{100 * frac:5.1f}% {escape(status)} eta {_fmt_s(eta)}")
         elif now - self._last_plain >= self.plain_every_s or frac >= 1.0:
             self._last_plain = now
             print(text, file=self.stream, flush=True)

@@ -29,7 +29,14 @@ def default_data_dir(corpus: str | None = None, tokenizer: str | None = None) ->
         return root
     if corpus is None or tokenizer is None:
         raise ValueError("default_data_dir needs both a corpus and a tokenizer spec (or neither)")
-    return root / f"{_safe_name(corpus)}__{_safe_name(tokenizer)}"
+    from lumi.data.tokenizers import parse_tokenizer_spec
+    from lumi.errors import LumiError
+
+    try:
+        tokenizer = str(parse_tokenizer_spec(tokenizer))  # " bpe:4096" and "bpe:4096" share a directory
+    except LumiError:
+        pass
+    return root / f"{_safe_name(corpus.strip())}__{_safe_name(tokenizer)}"
 
 
 def _safe_name(spec: str) -> str:

@@ -162,7 +162,10 @@ class BpeTokenizer(Tokenizer):
         self._definition = json.loads(hf_json)
         self._hf = HFTokenizer.from_str(hf_json)
         # Text that happens to contain "<|sep|>" must be tokenized as text, not as a separator.
-        self._hf.encode_special_tokens = True
+        try:
+            self._hf.encode_special_tokens = True
+        except AttributeError:
+            raise LumiError("byte-level BPE needs the `tokenizers` package >= 0.15.1: pip install -U tokenizers") from None
         self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
         sep = self._hf.token_to_id(SEP_TOKEN)
         if sep is None:

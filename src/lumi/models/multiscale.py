@@ -111,8 +111,10 @@ class MultiScaleMixer(nn.Module):
         self.zero_pad = c.early_positions == "zero_pad"
         self.v_proj = nn.Linear(c.d_model, c.d_model, bias=False) if c.value_proj else None
         self.o_proj = nn.Linear(c.d_model, c.d_model, bias=False)
-        shape = (len(self.windows), c.d_model) if c.fusion == "channel" else (len(self.windows), 1)
-        self.scale_logits = nn.Parameter(torch.zeros(shape))  # 0 = equal weight on every scale
+        self.fusion_width = c.d_model if c.fusion == "channel" else 1
+        # Stored flat (1-D) so optimizers treat it as a vector parameter (no decay, no Muon);
+        # viewed as [scales, width]. All zeros = equal weight on every scale.
+        self.scale_logits = nn.Parameter(torch.zeros(len(self.windows) * self.fusion_width))
 
     def forward(self, x: torch.Tensor, cache: MixerCache | None = None) -> torch.Tensor:
         b, t, d = x.shape
@@ -125,7 +127,7 @@ class MultiScaleMixer(nn.Module):
         prefix = torch.cat([seq.new_zeros(b, 1, d), seq.cumsum(dim=1)], dim=1)
         end = torch.arange(p + 1, p + t + 1, device=x.device)  # one past each new row
         abs_pos = torch.arange(offset, offset + t, device=x.device)
-        weights = torch.softmax(self.scale_logits.float(), dim=0)  # [S, d] or [S, 1]
+        weights = self.fusion_weights()  # [S, d] or [S, 1]
         out = torch.zeros(b, t, d, device=x.device, dtype=torch.float32)
         for s, w in enumerate(self.windows):
             start = (end - w).clamp(min=0)
@@ -137,6 +139,10 @@ class MultiScaleMixer(nn.Module):
             cache.v = seq[:, seq.shape[1] - min(keep, seq.shape[1]):].detach() if keep > 0 else None
             cache.length = offset + t
         return self.o_proj(out.to(x.dtype))
+
+    def fusion_weights(self) -> torch.Tensor:
+        """Softmax over the scales of the fusion logits: [scales, d_model] ("channel") or [scales, 1]."""
+        return torch.softmax(self.scale_logits.float().view(len(self.windows), self.fusion_width), dim=0)
 
     def num_matmul_params(self) -> int:
         return self.o_proj.weight.numel() + (self.v_proj.weight.numel() if self.v_proj is not None else 0)

@@ -102,9 +102,18 @@ class Recurrent(Llama):
         start, end = config.span
         if config.loops > 1:
             width = config.d_model if config.per_channel_scales else 1
-            shape = (config.loops - 1, end - start, width)
-            self.attn_scales = nn.Parameter(torch.full(shape, float(config.pass_scale_init)))
-            self.mlp_scales = nn.Parameter(torch.full(shape, float(config.pass_scale_init)))
+            self.scales_shape = (config.loops - 1, end - start, width)  # (extra pass, looped block, channel)
+            # Stored flat (1-D) so optimizers treat them as vector parameters (no decay, no Muon).
+            n = (config.loops - 1) * (end - start) * width
+            self.attn_scales = nn.Parameter(torch.full((n,), float(config.pass_scale_init)))
+            self.mlp_scales = nn.Parameter(torch.full((n,), float(config.pass_scale_init)))
+
+    def pass_scales(self, extra_pass: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(attention, MLP) branch scales of extra pass ``extra_pass`` (1 = the second pass) of a looped block."""
+        i = self.config.span[0]
+        shape = self.scales_shape
+        return (self.attn_scales.view(shape)[extra_pass - 1, block - i],
+                self.mlp_scales.view(shape)[extra_pass - 1, block - i])
 
     @property
     def unique_depth(self) -> int:
@@ -132,7 +141,6 @@ class Recurrent(Llama):
 
     def hidden_states(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         c = self.config
-        start = c.span[0]
         x = self.embed_dropout(self.embed(tokens))
         for v, (i, p) in enumerate(c.virtual_layers()):
             block = self.blocks[i]
@@ -141,7 +149,7 @@ class Recurrent(Llama):
             if p == 0:
                 x = checkpoint(block, x, use_reentrant=False) if use_ckpt else block(x, layer_cache)
             else:
-                args = (block, x, self.attn_scales[p - 1, i - start], self.mlp_scales[p - 1, i - start], layer_cache)
+                args = (block, x, *self.pass_scales(p, i), layer_cache)
                 x = checkpoint(self._extra_pass, *args, use_reentrant=False) if use_ckpt else self._extra_pass(*args)
         if cache is not None:
             cache.position += tokens.shape[1]

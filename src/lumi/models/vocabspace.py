@@ -62,7 +62,8 @@ FLOPs per token at length T (forward = 2 x MACs of matmuls/convs, the shared con
     interaction step: cross 2 T V (scores) + 2 T V (values);   within 4 V r
     training = 3 x forward, EXCEPT the first step's cross mixer, whose input is the constant one-hot:
     backward computes no gradient for that input, so subtract 2 V K (conv) or 2 T V (interaction,
-    the values matmul). This is exactly what FlopCounterMode measures. The ``fourier`` read builds
+    the values matmul). This is exactly what FlopCounterMode measures (the depthwise conv has a hand-written
+    backward because the counter overcounts grouped-conv weight gradients by a factor of V). The ``fourier`` read builds
     R and W once per forward (B A products, 16 V F C FLOPs per step including backward); that cost
     is per batch, not per token, so it is left out of ``flops_per_token`` and reported by
     ``weight_generation_flops()``.
@@ -195,7 +196,7 @@ class _DepthwiseConv(torch.autograd.Function):
     gradient, overcounting a depthwise conv by a factor of V. Computing the gradients as a depthwise
     transposed conv (input) and a depthwise conv with batch and channels folded together (weight)
     gives the same numbers and is counted exactly: 2 B T V K FLOPs each, i.e. backward = 2 x forward.
-    (On CPU the folded weight-gradient conv is also faster than the native kernel.)
+    (On CPU the folded weight-gradient conv is no slower than the native kernel.)
     """
 
     @staticmethod
