@@ -19,8 +19,8 @@ from torch import nn
 from lumi.check import CHECKS, check_model, run_checks
 from lumi.cli import main
 from lumi.errors import LumiError
-from lumi.models import LumiModel, ModelConfig, load_model_file, registry
-from lumi.models.llama import Block, Llama, LlamaConfig
+from lumi.models import LumiModel, load_model_file, registry
+from lumi.models.llama import Llama, LlamaConfig
 
 PLUGINS = Path(__file__).parent / "plugins"
 REPO = Path(__file__).resolve().parents[1]

@@ -116,3 +116,27 @@ def test_model_facts_match_the_built_model():
     pc = model.param_counts()
     assert (facts.params, facts.non_embedding_params) == (pc.total, pc.non_embedding)
     assert facts.flops_per_token == model.flops_per_token(32)
+
+
+def test_comparison_dir_refuses_a_different_spec_and_force_keeps_the_old_one(tmp_path):
+    from lumi.compare.comparison import _write_yaml, open_comparison_dir
+
+    comp = tmp_path / "cmp"
+    comp.mkdir()
+    _write_yaml(comp / "compare.yaml", {"spec": spec().to_dict()})
+    (comp / "runs").mkdir()
+    logs = []
+    # Same spec (more seeds, another threshold): the directory is reused.
+    assert open_comparison_dir(spec(seeds=5, threshold=0.01), comp, force=False, log=logs.append) is not None
+    with pytest.raises(LumiError, match=r"different spec \(budget: '100steps' -> '200steps'\).*--force"):
+        open_comparison_dir(spec(budget="200steps"), comp, force=False, log=logs.append)
+    assert open_comparison_dir(spec(budget="200steps"), comp, force=True, log=logs.append) is None
+    kept = list(tmp_path.glob("cmp.replaced-*"))
+    assert not comp.exists() and len(kept) == 1 and (kept[0] / "runs").is_dir()
+    assert "moved the previous comparison" in logs[-1]
+    # A non-comparison directory is not silently taken over.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(LumiError, match="not a lumi compare directory"):
+        open_comparison_dir(spec(), other, force=False, log=logs.append)

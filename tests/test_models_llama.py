@@ -245,6 +245,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     ({"vocab_size": 1}, "vocab_size must be >= 2, got 1"),
     ({"n_layer": 2}, "unknown config field 'n_layer' for model 'llama' (did you mean 'n_layers'?)"),
     ({"n_layers": "two"}, "config field 'n_layers' of model 'llama' expects int, got 'two'"),
+    ({"n_layers": 2.5}, "config field 'n_layers' of model 'llama' expects int, got 2.5"),
 ])
 def test_invalid_configs_raise_lumi_error_naming_the_field(overrides, message):
     with pytest.raises(LumiError) as info:

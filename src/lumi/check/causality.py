@@ -81,9 +81,12 @@ def _capture_input_embeddings(model: nn.Module, tokens: torch.Tensor):
     tensor we can differentiate with respect to (same values, so the forward is unchanged)."""
     captured: list[torch.Tensor] = []
 
+    def fed_the_tokens(x) -> bool:  # the token tensor itself, or a copy/cast of it
+        return (isinstance(x, torch.Tensor) and x.shape == tokens.shape and not x.is_floating_point()
+                and torch.equal(x.to(tokens.dtype), tokens))
+
     def hook(module, inputs, output):
-        if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].shape == tokens.shape \
-                and torch.equal(inputs[0], tokens) and isinstance(output, torch.Tensor):
+        if inputs and fed_the_tokens(inputs[0]) and isinstance(output, torch.Tensor) and output.is_floating_point():
             leaf = output.detach().requires_grad_(True)
             captured.append(leaf)
             return leaf.clone()  # a non-leaf copy, so in-place edits inside the model stay legal

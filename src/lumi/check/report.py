@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 
@@ -56,7 +57,7 @@ class CheckReport:
             "preset": self.preset,
             "passed": self.passed,
             "seconds": self.seconds,
-            "results": [dict(asdict(r), status=r.status) for r in self.results],
+            "results": [dict(asdict(r), value=_json_number(r.value), status=r.status) for r in self.results],
         }
 
     def summary(self) -> str:
@@ -66,3 +67,8 @@ class CheckReport:
             return f"{self.model}: {n}/{n} checks passed"
         fails = "; ".join(f"{r.name}: {r.detail}" for r in self.failures)
         return f"{self.model}: {len(self.failures)} of {n} checks FAILED — {fails}"
+
+
+def _json_number(v: float | None) -> float | None:
+    """JSON has no NaN/inf: a non-finite measurement is written as null (the detail says what happened)."""
+    return None if v is None or not math.isfinite(v) else v

@@ -18,7 +18,7 @@ What is implemented:
   and the global model's state at t (bytes 0..t) is spent exactly there — BLT's alignment, where a
   new patch starts at a high-entropy byte and is predicted from the global states of earlier patches;
 - the rest is `spacebyte`'s local/global/local machinery (code reused: ``LocalGlobalModel``), with
-  its fixed global budget, so the prediction at t uses global states of boundaries <= t only;
+  its running global budget, so the prediction at t uses global states of boundaries <= t only;
 - hashed n-gram embeddings (BLT uses n = 3..8) via ``ngram_max`` (n = 2..ngram_max).
 
 Workflow (train the patcher first, then point this model at its run directory):

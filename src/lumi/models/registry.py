@@ -188,10 +188,15 @@ def model_from_config(name: str, config_values: dict[str, Any]) -> LumiModel:
 
 def _coerce(model: str, f: dataclasses.Field, value: Any) -> Any:
     """Convert command-line strings to the field's type; say which field is wrong."""
-    if not isinstance(value, str):
-        return value
     typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     typ = typ.replace(" ", "")
+    if not isinstance(value, str):
+        # YAML already typed it (--set n_layers=2.5 arrives as a float): an int field must get an integer.
+        if typ in ("int", "int|None", "Optional[int]") and isinstance(value, float):
+            if not value.is_integer():
+                raise LumiError(f"config field {f.name!r} of model {model!r} expects int, got {value!r}")
+            return int(value)
+        return value
     try:
         if typ in ("int",):
             return int(value)

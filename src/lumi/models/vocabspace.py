@@ -62,11 +62,11 @@ FLOPs per token at length T (forward = 2 x MACs of matmuls/convs, the shared con
     interaction step: cross 2 T V (scores) + 2 T V (values);   within 4 V r
     training = 3 x forward, EXCEPT the first step's cross mixer, whose input is the constant one-hot:
     backward computes no gradient for that input, so subtract 2 V K (conv) or 2 T V (interaction,
-    the values matmul). This is exactly what FlopCounterMode measures (the depthwise conv has a hand-written
-    backward because the counter overcounts grouped-conv weight gradients by a factor of V). The ``fourier`` read builds
-    R and W once per forward (B A products, 16 V F C FLOPs per step including backward); that cost
-    is per batch, not per token, so it is left out of ``flops_per_token`` and reported by
-    ``weight_generation_flops()``.
+    the values matmul). This is exactly what FlopCounterMode measures (the depthwise conv has a
+    hand-written backward because the counter overcounts grouped-conv weight gradients by a factor
+    of V). The ``fourier`` read builds R and W once per forward (B A products, 16 V F C FLOPs per
+    step including backward); that cost is per batch, not per token, so it is left out of
+    ``flops_per_token`` and reported by ``weight_generation_flops()``.
     Parameter matching is meaningless for this family: ``interaction`` spends ~4 T V FLOPs per token
     per step on only ~(2r + 4) V parameters; compare arms at matched FLOPs.
 

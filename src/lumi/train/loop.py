@@ -18,6 +18,7 @@ import datetime
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -186,7 +187,7 @@ class _Trainer:
                 env_path = self.run_dir / "env.json"
                 env = _read_json(env_path)
                 env.setdefault("resumes", []).append({"time": _now(), "from_step": self.state.step,
-                                                      "hostname": __import__("socket").gethostname()})
+                                                      "hostname": socket.gethostname()})
                 write_json(env_path, env)
         elif self.info.is_main:
             from lumi.train.env import env_info
@@ -241,7 +242,8 @@ class _Trainer:
                 self.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
                 self.error = f"{type(e).__name__}: {e}"
             if info.is_main:
-                write_json(self.run_dir / "summary.json", self.summary())
+                with contextlib.suppress(LumiError):  # e.g. the disk is full: the original error matters more
+                    write_json(self.run_dir / "summary.json", self.summary())
             raise
         finally:
             self.metrics.close()

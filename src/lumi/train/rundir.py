@@ -19,8 +19,12 @@ from lumi.train.config import TrainConfig
 
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise LumiError(f"cannot write {path}: {e.strerror or e}; free disk space or fix permissions") from None
 
 
 def _clean(obj: Any) -> Any:
@@ -47,8 +51,12 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         if self._f is None:
             return
-        self._f.write(json.dumps(_clean(row)) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps(_clean(row)) + "\n")
+            self._f.flush()
+        except OSError as e:
+            raise LumiError(f"cannot append to {self.path}: {e.strerror or e}; free disk space or fix "
+                            f"permissions, then continue with --resume") from None
 
     def close(self) -> None:
         if self._f is not None:
