@@ -226,11 +226,12 @@ def test_run_checks_passes(preset):
 
 
 @pytest.fixture
-def leaky_vocabspace():
-    names = registry.load_model_file(PLUGIN)
-    assert names == ["leaky_vocabspace"]
-    yield "leaky_vocabspace"
-    registry._REGISTRY.pop("leaky_vocabspace", None)  # keep the broken model out of later registry sweeps
+def leaky_vocabspace(monkeypatch):
+    # A private copy of the (fully loaded) registry, so the broken model never reaches later sweeps.
+    registry._load_builtins()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    assert registry.load_model_file(PLUGIN) == ["leaky_vocabspace"]
+    return "leaky_vocabspace"
 
 
 def test_reversed_mask_variant_is_rejected_at_a_named_position_and_ours_passes(leaky_vocabspace):
@@ -267,5 +268,12 @@ def test_reversed_mask_beats_chance_on_random_tokens_which_only_a_leak_can(leaky
     # Uniform random tokens are unpredictable: a causal model cannot go below ln V on unseen ones.
     # The reversed mask reads the next token, which is how the published v8 reached 0.467 BPB.
     ln_v = math.log(64)
-    assert _held_out_loss_after_training_on_random_tokens("vocabspace", "interaction-nano") > ln_v - 0.05
-    assert _held_out_loss_after_training_on_random_tokens(leaky_vocabspace, "nano") < 0.5 * ln_v
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 300 tiny steps: threading only adds overhead (and stalls on a busy machine)
+    try:
+        causal = _held_out_loss_after_training_on_random_tokens("vocabspace", "interaction-nano")
+        leaky = _held_out_loss_after_training_on_random_tokens(leaky_vocabspace, "nano")
+    finally:
+        torch.set_num_threads(threads)
+    assert causal > ln_v - 0.05  # measured 4.159 = ln 64
+    assert leaky < 0.5 * ln_v  # measured 0.66

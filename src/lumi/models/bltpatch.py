@@ -28,6 +28,8 @@ Workflow (train the patcher first, then point this model at its run directory):
 and model_config.json), a checkpoint directory holding those two files, or the .safetensors file
 itself (model_config.json beside it). With no checkpoint the patcher is a randomly initialised
 llama of ``patcher_preset`` (fine for `lumi check`, useless for real patching: a warning says so).
+The path is stored absolute. A bltpatch checkpoint also holds the patcher's weights (buffers), but
+building the model reads the patcher checkpoint first, so keep it in place while the run is used.
 
 Reported: ``stats()`` gives mean_patch_len, dropped_boundary_frac (boundaries beyond the global
 budget), mean_entropy and patcher_flops_per_token; ``patcher_flops_per_token(T)`` is the patcher's
@@ -76,6 +78,8 @@ class BltPatchConfig(SpaceByteConfig):
             raise LumiError(f"entropy_margin must be a finite number of nats, got {self.entropy_margin}")
         if self.patcher_checkpoint in ("", "none", "None", "null"):
             self.patcher_checkpoint = None
+        if self.patcher_checkpoint is not None:  # absolute, so a saved config works from any directory
+            self.patcher_checkpoint = str(Path(self.patcher_checkpoint).expanduser().resolve())
         if self.patcher_checkpoint is None and self.patcher_preset not in get_spec("llama").presets:
             presets = ", ".join(sorted(get_spec("llama").presets))
             raise LumiError(f"patcher_preset must be a llama preset ({presets}), got {self.patcher_preset!r}")
