@@ -35,6 +35,7 @@ def lumi_round(args: argparse.Namespace, data_dir: Path, workdir: Path, index: i
         f"train.batch_size={args.batch_size}", f"train.budget={args.steps}steps", f"train.log_every={args.log_every}",
         "train.eval_every_s=null", "train.final_eval=none", "train.checkpoint_every_s=null",
         f"train.threads={args.threads}", "train.peak_flops=1e12", f"train.seed={index}",
+        f"train.compile={str(args.compile).lower()}",
     ])
     run = workdir / f"lumi-{index}"
     train(cfg, run, progress=False)
@@ -88,6 +89,7 @@ def main() -> int:
     p.add_argument("--log-every", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--compile", action="store_true", help="also pass train.compile=true to lumi (HF stays eager)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,7 +123,7 @@ def main() -> int:
     result = {
         "device": device_name(torch.device("cpu")), "threads": args.threads, "preset": args.preset,
         "params": params, "vocab_size": data.vocab_size, "batch": f"{args.batch_size} x {args.seq_len}",
-        "precision": "fp32", "flops_per_token": flops_per_token, "matmul_peak_flops": peak,
+        "precision": "fp32", "lumi_compile": args.compile, "flops_per_token": flops_per_token, "matmul_peak_flops": peak,
         "lumi_tok_per_s_best": max(lumi_tps), "lumi_tok_per_s_median": statistics.median(lumi_tps),
         "lumi_mfu": max(lumi_tps) * flops_per_token / peak, "transformers": hf_version,
     }
@@ -138,7 +140,7 @@ def main() -> int:
     print(f"llama:{args.preset} ({params / 1e6:.2f}M params, vocab {data.vocab_size}), batch {result['batch']}, fp32, "
           f"{args.threads} threads on {result['device']}")
     print(f"matmul peak (probe): {peak / 1e9:.1f} GFLOP/s; model FLOPs/token {flops_per_token / 1e6:.1f}M")
-    print(f"lumi train : {max(lumi_tps):8,.0f} tok/s best, {statistics.median(lumi_tps):8,.0f} median, "
+    print(f"lumi train{' (compiled)' if args.compile else ''}: {max(lumi_tps):8,.0f} tok/s best, {statistics.median(lumi_tps):8,.0f} median, "
           f"MFU {100 * result['lumi_mfu']:.1f}%")
     if hf_tps:
         print(f"HF llama   : {max(hf_tps):8,.0f} tok/s best, {statistics.median(hf_tps):8,.0f} median, "

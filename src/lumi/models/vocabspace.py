@@ -209,16 +209,20 @@ class _DepthwiseConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         b, v, length = x.shape
         t, k = grad_out.shape[-1], weight.shape[-1]
+        # Under autocast the forward ran in low precision and grad_out arrives in that dtype while
+        # the saved tensors keep theirs: compute in grad_out's dtype, return each input's own dtype.
+        dtype = grad_out.dtype
+        acc = torch.promote_types(dtype, torch.float32)  # sums over the batch in at least fp32
         grad_out = grad_out.contiguous()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.conv_transpose1d(grad_out, weight, groups=v)
+            grad_x = F.conv_transpose1d(grad_out, weight.to(dtype), groups=v).to(x.dtype)
         if ctx.needs_input_grad[1]:
             # grad_w[v, j] = sum_{b, t} grad_out[b, v, t] * x[b, v, t + j]: one group per (b, v).
-            folded = F.conv1d(x.reshape(1, b * v, length), grad_out.reshape(b * v, 1, t), groups=b * v)
-            grad_w = folded.reshape(b, v, k).sum(0).unsqueeze(1)
+            folded = F.conv1d(x.to(dtype).reshape(1, b * v, length), grad_out.reshape(b * v, 1, t), groups=b * v)
+            grad_w = folded.to(acc).reshape(b, v, k).sum(0).unsqueeze(1).to(weight.dtype)
         if ctx.needs_input_grad[2]:
-            grad_b = grad_out.sum(dim=(0, 2))
+            grad_b = grad_out.to(acc).sum(dim=(0, 2)).to(weight.dtype)  # bias and weight share a dtype
         return grad_x, grad_w, grad_b
 
 
