@@ -1,0 +1,335 @@
+"""Run a comparison end to end: checks, matched budgets, run directories, `lumi train` processes, report.
+
+    results, files = run_comparison(spec, Path("compare/default"))
+
+compare/<name>/ holds compare.yaml (the spec + resolved budgets: a re-run uses exactly the same
+numbers), checks.json, configs/<arm>/seed-<k>.yaml, logs/<arm>/seed-<k>.log, runs/<arm>/seed-<k>/ and
+the report. Re-running continues: finished runs are reused, interrupted ones resumed, nothing repeated.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from lumi.compare.plan import ArmPlan, ModelFacts, measure_tokens_per_s, model_facts, plan_budgets, tokens_per_step, \
+    validate_pairing
+from lumi.compare.runner import RunJob, run_jobs
+from lumi.compare.spec import CompareSpec
+from lumi.errors import LumiError
+
+# Spec keys that may change between invocations without changing any run: more seeds, another
+# threshold or baseline, a different parallelism, permission to train leaky arms.
+NON_RUN_KEYS = ("name", "seeds", "threshold", "baseline", "jobs", "allow_leaky")
+CHECK_SEQ_LEN = 32
+REUSABLE = ("completed", "diverged")
+
+
+def _log(msg: str) -> None:
+    print(f"[compare] {msg}", file=sys.stderr, flush=True)
+
+
+def _write_yaml(path: Path, obj: Any) -> None:
+    import yaml
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
+    os.replace(tmp, path)
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise LumiError(f"{path} is unreadable ({e}); move the directory away or use --force") from None
+
+
+def _run_defining(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in NON_RUN_KEYS}
+
+
+def open_comparison_dir(spec: CompareSpec, comp_dir: Path, force: bool,
+                        log: Callable[[str], None] = _log) -> dict[str, Any] | None:
+    """The saved compare.yaml when ``comp_dir`` holds this same comparison; None for a fresh directory.
+
+    A different comparison is refused (its differing keys listed) unless ``force``, which moves it
+    aside to <dir>.replaced-<time>: runs of different specs are never mixed.
+    """
+    from lumi.train.rundir import config_differences
+
+    if not comp_dir.exists() or (comp_dir.is_dir() and not any(comp_dir.iterdir())):
+        return None
+    saved_path = comp_dir / "compare.yaml"
+    if not saved_path.is_file():
+        raise LumiError(f"{str(comp_dir)!r} exists but is not a lumi compare directory (no compare.yaml); "
+                        f"choose another --out or --name")
+    saved = _read_yaml(saved_path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("spec"), dict):
+        raise LumiError(f"{saved_path} has no spec; move the directory away or use --force")
+    diffs = config_differences(_run_defining(saved["spec"]), _run_defining(spec.to_dict()))
+    if not diffs:
+        return saved
+    if not force:
+        raise LumiError(f"{str(comp_dir)!r} holds a different spec ({'; '.join(diffs[:4])}"
+                        f"{' ...' if len(diffs) > 4 else ''}); runs of different comparisons are never mixed: "
+                        f"use another --name / --out, or --force to start fresh (the old directory is kept beside it)")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    moved = comp_dir.with_name(f"{comp_dir.name}.replaced-{stamp}")
+    comp_dir.rename(moved)
+    log(f"--force: moved the previous comparison to {moved}")
+    return None
+
+
+def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry_failed: bool = False,
+                   progress: bool = True, make_plots: bool = True,
+                   log: Callable[[str], None] = _log) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Check, plan, train (or reuse) every arm x seed, then write the report. Returns (results, files)."""
+    from lumi.compare.report import write_report
+    from lumi.compare.results import collect_results
+
+    comp_dir = Path(comp_dir)
+    validate_pairing(spec)
+    saved = open_comparison_dir(spec, comp_dir, force, log)
+    _load_plugins(spec)
+    comp_dir.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = dict(saved or {})
+    state["spec"] = spec.to_dict()
+    _write_yaml(comp_dir / "compare.yaml", state)
+    log(f"comparison {spec.name!r} in {comp_dir}: {len(spec.arms)} arms x {len(spec.seeds)} seeds, budget "
+        f"{spec.budget}, matched {spec.match}")
+
+    data_dirs = _prepare_data(spec, progress, log)
+    vocab = {tok: d.vocab_size for tok, d in data_dirs.items()}
+    checks = _run_checks(spec, comp_dir, vocab, log)
+
+    seq_len = int(spec.train.get("seq_len", 128))
+    facts = {a.label: model_facts(a, vocab[spec.tokenizer_of(a)], seq_len) for a in spec.arms}
+    tps = tokens_per_step(spec)
+    jobs = min(spec.jobs, len(spec.arms) * len(spec.seeds))
+    threads = max(1, _cpu_count() // max(1, jobs))
+    if state.get("plans") and set(state["plans"]) == {a.label for a in spec.arms}:
+        plans = {k: ArmPlan(**v) for k, v in state["plans"].items()}  # same spec: exactly the same budgets
+    else:
+        probe = None
+        from lumi.train.config import parse_budget
+
+        if parse_budget(spec.budget).kind == "seconds" and spec.match != "time":
+            base = spec.arm(spec.baseline)
+            log(f"measuring {spec.baseline}'s throughput to convert the {spec.budget} budget into "
+                f"{spec.match} ({threads} threads) ...")
+            probe = measure_tokens_per_s(base, vocab[spec.tokenizer_of(base)], seq_len,
+                                         int(spec.train.get("batch_size", 16)), threads)
+            log(f"  {probe:,.0f} tokens/s -> {probe * parse_budget(spec.budget).value:,.0f} tokens")
+        plans = {p.label: p for p in plan_budgets(spec, facts, tps, probe)}
+        state["probe_tokens_per_s"] = probe
+        state["plans"] = {k: p.to_dict() for k, p in plans.items()}
+    state["facts"] = {k: f.to_dict() for k, f in facts.items()}
+    _write_yaml(comp_dir / "compare.yaml", state)
+    _log_plans(spec, plans, facts, log)
+
+    run_list = _schedule(spec, comp_dir, data_dirs, plans, threads, retry_failed, log)
+    notes = []
+    if spec.match == "time" and jobs > 1:
+        notes.append(f"time-matched with {jobs} runs in parallel: each run's throughput depends on what ran beside it")
+    env = {"threads_per_run": threads, "jobs": jobs, "cpus": _cpu_count(), "python": sys.version.split()[0]}
+    interrupted = False
+    if run_list:
+        from lumi.compare.display import CompareDisplay
+
+        total_steps = {k: p.steps for k, p in plans.items()}
+        reused = len(spec.arms) * len(spec.seeds) - len(run_list)
+        display = CompareDisplay(run_list, total_steps, reused, enabled=progress)
+        try:
+            run_jobs(run_list, jobs, display.started, display.finished, display.tick)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            display.close()
+    plan_dicts = {k: {**p.to_dict(), **facts[k].to_dict()} for k, p in plans.items()}
+    results = collect_results(spec, comp_dir, checks=checks, plans=plan_dicts, env=env, notes=notes)
+    files = write_report(results, comp_dir, make_plots=make_plots)
+    if interrupted:
+        done = sum(r["status"] in REUSABLE for a in results["arms"] for r in a["runs"])
+        log(f"interrupted: {done} of {len(spec.arms) * len(spec.seeds)} runs finished; partial report in "
+            f"{files['report']}; re-run the same command to resume")
+        raise KeyboardInterrupt
+    return results, files
+
+
+# -- steps -------------------------------------------------------------------------------------------
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def _load_plugins(spec: CompareSpec) -> None:
+    from lumi.models.registry import get_spec, load_model_file
+
+    for arm in spec.arms:
+        arm.files = [str(Path(f).expanduser().resolve()) for f in arm.files]
+        for f in arm.files:
+            load_model_file(f)
+        get_spec(arm.name)  # unknown model: fail now, with the registered names
+
+
+def _prepare_data(spec: CompareSpec, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """tokenizer spec -> PreparedData, prepared (or reused) once, before any run starts."""
+    from lumi.data.prepare import load_prepared, prepare
+
+    out: dict[str, Any] = {}
+    for arm in spec.arms:
+        tok = spec.tokenizer_of(arm)
+        if tok in out:
+            continue
+        if spec.data.get("dir") and tok == spec.data["tokenizer"]:
+            out[tok] = load_prepared(Path(spec.data["dir"]))
+        else:
+            out[tok] = prepare(spec.data["corpus"], tok, progress=progress, log=log)
+        log(f"data: {spec.data['corpus']} / {tok}: vocabulary {out[tok].vocab_size}, {out[tok].directory}")
+    return out
+
+
+def _definition_hash(arm, vocab_size: int) -> str:
+    """What a check result depends on: the arm, the vocabulary, the model and check code, plugin files."""
+    import lumi
+
+    h = hashlib.sha256(json.dumps([arm.name, arm.preset, arm.overrides, vocab_size, CHECK_SEQ_LEN,
+                                   lumi.__version__], sort_keys=True, default=str).encode())
+    root = Path(lumi.__file__).parent
+    for path in sorted([*root.glob("models/*.py"), *root.glob("check/*.py")]) + [Path(f) for f in arm.files]:
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _run_checks(spec: CompareSpec, comp_dir: Path, vocab: dict[str, int],
+                log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """`lumi check` on every arm (cached by definition). Refuses leaky arms unless spec.allow_leaky."""
+    from lumi.check.runner import run_checks
+
+    cache_path = comp_dir / "checks.json"
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    except ValueError:
+        cache = {}
+    checks: dict[str, dict[str, Any]] = {}
+    for arm in spec.arms:
+        key = _definition_hash(arm, vocab[spec.tokenizer_of(arm)])
+        if key in cache:
+            report = cache[key]
+        else:
+            log(f"lumi check {arm.label} ({arm.spec()}, vocab {vocab[spec.tokenizer_of(arm)]}) ...")
+            report = run_checks(arm.name, arm.preset, arm.overrides, vocab_size=vocab[spec.tokenizer_of(arm)],
+                                seq_len=CHECK_SEQ_LEN).to_dict()
+            cache[key] = report
+            cache_path.write_text(json.dumps(cache, indent=1))
+        checks[arm.label] = report
+        failed = [r for r in report["results"] if not r["passed"]]
+        leaks = [r for r in failed if r["name"].startswith("causality")]
+        if not failed:
+            log(f"  {arm.label}: {len(report['results'])}/{len(report['results'])} checks passed")
+        elif leaks and not spec.allow_leaky:
+            raise LumiError(f"arm {arm.label!r} failed lumi check: {leaks[0]['name']}: {leaks[0]['detail']}. A model "
+                            f"that sees the future has a meaningless BPB, so nothing was trained; fix the model "
+                            f"(`lumi check {arm.name}{' --preset ' + arm.preset if arm.preset else ''}`), or pass "
+                            f"--allow-leaky to train it anyway (its runs are flagged suspicious)")
+        else:
+            log(f"  WARNING {arm.label}: failed " + "; ".join(f"{r['name']}: {r['detail']}" for r in failed)
+                + " — training it anyway, flagged suspicious")
+    return checks
+
+
+def _log_plans(spec: CompareSpec, plans: dict[str, ArmPlan], facts: dict[str, ModelFacts],
+               log: Callable[[str], None]) -> None:
+    for arm in spec.arms:
+        p, f = plans[arm.label], facts[arm.label]
+        what = f"{p.steps} steps, {p.tokens:,} tokens, {p.flops:.3g} FLOPs" if p.steps is not None else p.budget
+        log(f"  {arm.label}: {f.params:,} params ({f.non_embedding_params:,} non-embedding), "
+            f"{f.flops_per_token:.3g} FLOPs/token -> {what}")
+
+
+def run_config(spec: CompareSpec, arm, seed: int, plan: ArmPlan, data_dir: Path, threads: int) -> dict[str, Any]:
+    """The `lumi train` config of one run: shared settings, the arm's model and optim, seed, matched budget."""
+    from lumi.train.config import TrainConfig
+
+    raw = {
+        "name": f"{spec.name}/{arm.dirname}/seed-{seed}",
+        "model": {"name": arm.name, "preset": arm.preset, "overrides": dict(arm.overrides), "files": list(arm.files)},
+        "data": {"corpus": spec.data["corpus"], "tokenizer": spec.tokenizer_of(arm), "dir": str(data_dir)},
+        "optim": {**spec.optim, **arm.optim},
+        "train": {**spec.train, "seed": seed, "budget": plan.budget, "threads": threads},
+    }
+    return TrainConfig.from_dict(raw, f"comparison {spec.name!r}, arm {arm.label!r}").to_dict()
+
+
+def _schedule(spec: CompareSpec, comp_dir: Path, data: dict[str, Any], plans: dict[str, ArmPlan], threads: int,
+              retry_failed: bool, log: Callable[[str], None]) -> list[RunJob]:
+    """Seed-major list of runs still to do; finished ones are reused, interrupted ones resumed."""
+    from lumi.train.checkpoint import find_checkpoint
+    from lumi.train.rundir import config_differences
+
+    todo: list[RunJob] = []
+    counts = {"reused": 0, "resumed": 0, "to train": 0, "failed (kept; --retry-failed runs them again)": 0}
+    for seed in spec.seeds:
+        for arm in spec.arms:
+            cfg = run_config(spec, arm, seed, plans[arm.label], Path(data[spec.tokenizer_of(arm)].directory).resolve(),
+                             threads)
+            cfg_path = comp_dir / "configs" / arm.dirname / f"seed-{seed}.yaml"
+            cfg_path.parent.mkdir(parents=True, exist_ok=True)
+            _write_yaml(cfg_path, cfg)
+            run_dir = comp_dir / "runs" / arm.dirname / f"seed-{seed}"
+            job = RunJob(arm.label, seed, run_dir, cfg_path, comp_dir / "logs" / arm.dirname / f"seed-{seed}.log")
+            status = _status(run_dir)
+            if status is not None:
+                saved = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+                if isinstance(saved, dict):
+                    diffs = [d for d in config_differences(saved, cfg) if not d.startswith("train.threads:")]
+                    if diffs:
+                        raise LumiError(f"run {run_dir} was trained with a different config ({'; '.join(diffs[:3])}); "
+                                        f"it cannot be reused or resumed: use --force to start the comparison fresh")
+            if status in REUSABLE:
+                counts["reused"] += 1
+                continue
+            if status == "failed" and not retry_failed:
+                counts["failed (kept; --retry-failed runs them again)"] += 1
+                continue
+            if status == "failed":
+                _move_aside(run_dir, ".failed", log)
+            elif run_dir.exists():
+                if find_checkpoint(run_dir / "checkpoints") is not None:
+                    job.resume = True
+                    counts["resumed"] += 1
+                    todo.append(job)
+                    continue
+                _move_aside(run_dir, ".incomplete", log)  # killed before its first checkpoint: start over
+            counts["to train"] += 1
+            todo.append(job)
+    log("runs: " + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in ("reused", "to train")))
+    return todo
+
+
+def _status(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return "unknown" if run_dir.exists() else None
+
+
+def _move_aside(run_dir: Path, suffix: str, log: Callable[[str], None]) -> None:
+    target = run_dir.with_name(run_dir.name + suffix)
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir.with_name(f"{run_dir.name}{suffix}-{n}")
+    shutil.move(str(run_dir), str(target))
+    log(f"kept the previous {run_dir.name} as {target.name}")

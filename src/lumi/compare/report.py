@@ -1,0 +1,353 @@
+"""What a researcher reads: report.md, results.json, the plots, and the terminal table.
+
+Everything here renders ``results`` (from lumi.compare.results.collect_results); no numbers are
+computed that are not already in it, so the report and results.json always agree.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+DASH = "–"  # a missing value
+MATCH_MEANING = {
+    "tokens": "every arm trains on the same number of tokens",
+    "flops": "every arm gets the same training FLOPs",
+    "time": "every arm trains for the same wall-clock seconds",
+}
+MAX_TERMINAL_NOTES = 12
+
+
+# -- number formats ---------------------------------------------------------------------------------
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt_count(x: Any) -> str:
+    """3 significant digits with k/M/G/T: 500, 1k, 6.4k, 19.2M, 3.1T; '–' when missing."""
+    if not _finite(x):
+        return DASH
+    r = float(f"{float(x):.3g}")  # round first, so 999.7 becomes 1k and not 1e+03
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(r) >= scale:
+            if abs(r) >= 1000 * scale:  # beyond 999T
+                return f"{r:.3g}"
+            return f"{r / scale:.3g}{suffix}"
+    return f"{r:.3g}"
+
+
+def fmt_wall(seconds: Any) -> str:
+    """13s, 4.2s, 4m05s, 1h02m; '–' when missing."""
+    if not _finite(seconds):
+        return DASH
+    s = float(seconds)
+    if s < 9.95:
+        return f"{s:.1f}s"
+    total = int(round(s))
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    return f"{total // 3600}h{total % 3600 // 60:02d}m"
+
+
+def fmt_bpb(summary: dict[str, Any] | None) -> str:
+    """'2.0500 ± 0.0500' (mean ± sample std); the mean alone for one seed; '–' for none."""
+    if not summary or not _finite(summary.get("mean")):
+        return DASH
+    if _finite(summary.get("std")):
+        return f"{summary['mean']:.4f} ± {summary['std']:.4f}"
+    return f"{summary['mean']:.4f}"
+
+
+def fmt_delta(vs: dict[str, Any] | None, mark: bool = True) -> str:
+    """'-0.0250 [-0.0885, 0.0385] ✓' (mean Δ, 95% CI, ✓ when it clears the threshold)."""
+    if not vs or not _finite(vs.get("mean_diff")):
+        return DASH
+    text = f"{vs['mean_diff']:+.4f}"
+    if _finite(vs.get("ci_low")) and _finite(vs.get("ci_high")):
+        text += f" [{vs['ci_low']:.4f}, {vs['ci_high']:.4f}]"
+    elif vs.get("n", 0) < 2:
+        text += " (1 seed: no CI)"
+    else:
+        text += " (no CI)"
+    if mark and vs.get("clears_threshold"):
+        text += " ✓"
+    return text
+
+
+def fmt_p(p: Any, exact: bool | None = True) -> str:
+    if not _finite(p):
+        return DASH
+    text = "<0.001" if p < 0.001 else f"{p:.3f}"
+    return text if exact is not False else f"≈{text}"
+
+
+def fmt_ps(vs: dict[str, Any] | None) -> str:
+    """'0.126 / 0.500': paired t-test / sign-flip permutation test."""
+    if not vs or (vs.get("p_ttest") is None and vs.get("p_permutation") is None):
+        return DASH
+    return f"{fmt_p(vs.get('p_ttest'))} / {fmt_p(vs.get('p_permutation'), vs.get('permutation_exact'))}"
+
+
+def fmt_wins(vs: dict[str, Any] | None) -> str:
+    return f"{vs['wins']}/{vs['n']}" if vs and vs.get("n") else DASH
+
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [float(v) for v in values if _finite(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def arm_mean(arm: dict[str, Any], key: str) -> float | None:
+    """Mean of a run field over the arm's usable runs (all runs that have it, when none is usable)."""
+    usable = [r.get(key) for r in arm.get("runs", []) if r.get("usable")]
+    return _mean(usable) if _mean(usable) is not None else _mean([r.get(key) for r in arm.get("runs", [])])
+
+
+def diagnosis_counts(arm: dict[str, Any]) -> str:
+    """'descending ×2, unstable' over the arm's runs."""
+    counts: dict[str, int] = {}
+    for r in arm.get("runs", []):
+        for d in r.get("diagnoses", []):
+            counts[d["label"]] = counts.get(d["label"], 0) + 1
+    return ", ".join(f"{k} ×{v}" if v > 1 else k for k, v in counts.items())
+
+
+def arm_status(arm: dict[str, Any]) -> str:
+    diags = diagnosis_counts(arm)
+    return arm.get("status", "") + (f"; {diags}" if diags else "")
+
+
+def verdict_line(arm: dict[str, Any], baseline: str) -> str:
+    """'idea vs base: no clear difference — Δ -0.0250 [...] BPB over 2 paired seeds, 2 of 2 seeds favour ...'."""
+    vs = arm.get("vs_baseline") or {}
+    n = vs.get("n", 0)
+    head = f"{arm['label']} vs {baseline}: {vs.get('verdict', 'not enough seeds')}"
+    if not n:
+        return f"{head} — no seed has a final BPB for both arms yet"
+    parts = [f"Δ {fmt_delta(vs, mark=False)} BPB over {n} paired seed{'s' if n != 1 else ''}",
+             f"{vs['wins']} of {n} seeds favour the arm"]
+    if n >= 2:
+        parts.append(f"p = {fmt_p(vs.get('p_ttest'))} (t) / "
+                     f"{fmt_p(vs.get('p_permutation'), vs.get('permutation_exact'))} (sign-flip)")
+        if _finite(vs.get("p_wilcoxon")):
+            parts.append(f"Wilcoxon p = {fmt_p(vs['p_wilcoxon'])}")
+    return f"{head} — " + ", ".join(parts)
+
+
+def _eval_protocol(p: dict[str, Any] | None) -> str:
+    if not p:
+        return "no final evaluation yet"
+    bits = [f"{p['split']} split" if p.get("split") else None, p.get("subset"),
+            f"seq_len {p['seq_len']}" if p.get("seq_len") is not None else None,
+            f"stride {p['stride']}" if p.get("stride") is not None else None,
+            f"{fmt_count(p['windows'])} windows" if _finite(p.get("windows")) else None,
+            f"{fmt_count(p['bytes'])} bytes" if _finite(p.get("bytes")) else None]
+    return ", ".join(b for b in bits if b)
+
+
+# -- report.md --------------------------------------------------------------------------------------
+
+def _cell(x: Any) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None,
+                    plot_error: str | None = None) -> str:
+    """report.md as text (``plots``: the PNG names written next to it)."""
+    arms = results.get("arms", [])
+    baseline = results.get("baseline")
+    match = results.get("matched", "tokens")
+    data = results.get("data") or {}
+    threshold = results.get("threshold", 0.005)
+    out: list[str] = [f"# lumi compare: {results.get('name', '')}", ""]
+
+    out.append(f"- Matched: **{match}** ({MATCH_MEANING.get(match, match)}; everything else is shown next to "
+               "the BPB)")
+    plans = [(a["label"], a["plan"]) for a in arms if a.get("plan")]
+    budget = f"- Budget: {results.get('budget')}"
+    if plans:
+        budget += " — per arm: " + ", ".join(
+            f"{label} {p.get('budget', '?')}" + (f" ({fmt_count(p['tokens'])} tokens)" if _finite(p.get("tokens"))
+                                                  else "") for label, p in plans)
+    out.append(budget)
+    out.append(f"- Seeds: {', '.join(str(s) for s in results.get('seeds', []))} (seed k gives every arm the same "
+               "initialisation seed and the same batches: differences are paired by seed)")
+    out.append(f"- Baseline: **{baseline}**")
+    data_text = f"corpus `{data.get('corpus', '?')}`, tokenizer `{data.get('tokenizer', '?')}`"
+    tokenizers = {a.get("tokenizer") for a in arms if a.get("tokenizer")}
+    if len(tokenizers) > 1:
+        data_text += " (per arm: " + ", ".join(f"{a['label']} `{a['tokenizer']}`" for a in arms) + ")"
+    if data.get("dir"):
+        data_text += f", prepared in `{data['dir']}`"
+    out.append(f"- Data: {data_text}")
+    out.append(f"- Eval protocol (final val BPB): {_eval_protocol(results.get('eval_protocol'))}")
+    out.append("- Verdict rule: Δ = BPB(arm) − BPB(baseline) per seed, Δ < 0 favours the arm; ✓ (better / worse) "
+               f"when |mean Δ| ≥ {threshold:g} BPB **and** the 95% t confidence interval excludes 0, else "
+               "no clear difference; p = paired t-test / exact sign-flip permutation test")
+    env = results.get("env")
+    if isinstance(env, dict) and env:
+        scalars = [f"{k} {v}" for k, v in env.items() if isinstance(v, (str, int, float, bool)) and v != ""]
+        if scalars:
+            out.append(f"- Environment: {', '.join(scalars[:10])}")
+    out.append("")
+
+    out += ["## Results", "",
+            _row(["arm", "params", "non-emb params", "FLOPs/token", "tokens", "FLOPs", "wall", "tok/s", "val BPB",
+                  "Δ vs baseline [95% CI]", "p (t / sign-flip)", "wins", "status"]),
+            "|" + "---|" * 13]
+    for a in arms:
+        vs = a.get("vs_baseline")
+        out.append(_row([a["label"], fmt_count(a.get("params")), fmt_count(a.get("non_embedding_params")),
+                         fmt_count(a.get("flops_per_token")), fmt_count(arm_mean(a, "tokens")),
+                         fmt_count(arm_mean(a, "flops")), fmt_wall(arm_mean(a, "wall_s")),
+                         fmt_count(arm_mean(a, "tok_per_s")), fmt_bpb(a.get("bpb")),
+                         "baseline" if a.get("is_baseline") else fmt_delta(vs),
+                         DASH if a.get("is_baseline") else fmt_ps(vs),
+                         DASH if a.get("is_baseline") else fmt_wins(vs), arm_status(a)]))
+    out.append("")
+    out.append("val BPB: mean ± std (ddof 1) over the arm's completed seeds; Δ, p and wins over the seeds both the "
+               "arm and the baseline completed; wall and tok/s: mean over runs.")
+    out.append("")
+
+    others = [a for a in arms if not a.get("is_baseline")]
+    if others:
+        out += ["## Verdict", ""]
+        out += [f"- {verdict_line(a, baseline)}" for a in others]
+        out.append("")
+
+    out += ["## Every seed", "", _row(["arm", "seed", "status", "val BPB", "Δ", "steps", "tokens", "wall",
+                                       "diagnoses"]), "|" + "---|" * 9]
+    base_arm = next((a for a in arms if a.get("is_baseline")), None)
+    base_bpb = {r["seed"]: r.get("final_val_bpb") for r in (base_arm or {}).get("runs", []) if r.get("usable")}
+    for a in arms:
+        for r in a.get("runs", []):
+            bpb = r.get("final_val_bpb") if r.get("usable") else None
+            delta = DASH
+            if not a.get("is_baseline") and _finite(bpb) and _finite(base_bpb.get(r["seed"])):
+                delta = f"{bpb - base_bpb[r['seed']]:+.4f}"
+            out.append(_row([a["label"], r["seed"], r.get("status", DASH), f"{bpb:.4f}" if _finite(bpb) else DASH,
+                             delta, r["steps"] if _finite(r.get("steps")) else DASH, fmt_count(r.get("tokens")),
+                             fmt_wall(r.get("wall_s")), ", ".join(d["label"] for d in r.get("diagnoses", []))]))
+    out.append("")
+
+    out += ["## Checks (`lumi check`)", ""]
+    for a in arms:
+        check = a.get("check")
+        if not check:
+            out.append(f"- {a['label']}: not run")
+            continue
+        res = check.get("results") or []
+        failed = [r for r in res if not r.get("passed", True)]
+        if not failed:
+            out.append(f"- {a['label']}: passed ({len(res)}/{len(res)} checks)")
+        else:
+            out.append(f"- {a['label']}: **FAILED** {len(failed)} of {len(res)} checks — "
+                       + "; ".join(f"{r.get('name')}: {r.get('detail')}" for r in failed))
+    out.append("")
+
+    out += ["## Diagnoses", ""]
+    diag_lines = [f"- {a['label']} seed {r['seed']}: **{d['label']}** — {d['detail']}"
+                  for a in arms for r in a.get("runs", []) for d in r.get("diagnoses", [])]
+    out += diag_lines or ["- none"]
+    out.append("")
+
+    out += ["## Notes", ""]
+    out += [f"- {n}" for n in results.get("notes", [])] or ["- none"]
+    out.append("")
+
+    if plots or plot_error:
+        out += ["## Plots", "", "Validation BPB of the periodic evals: mean over seeds, min–max band.", ""]
+        for name in plots or {}:
+            out += [f"![{Path(name).stem}]({name})", ""]
+        if plot_error:
+            out += [f"(plots not written: {plot_error})", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_report(results: dict[str, Any], comp_dir: str | Path, make_plots: bool = True) -> dict[str, Path]:
+    """Write results.json (atomically), the plots and report.md into ``comp_dir``.
+
+    Returns {"results": path, "report": path, "<plot>.png": path ...}; no PNG keys when no run has a curve.
+    """
+    from lumi.train.rundir import write_json
+
+    comp_dir = Path(comp_dir)
+    comp_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {"results": comp_dir / "results.json", "report": comp_dir / "report.md"}
+    write_json(files["results"], results)  # first: the numbers survive whatever happens to the plots
+    plots: dict[str, Path] = {}
+    plot_error = None
+    if make_plots:
+        from lumi.compare.plots import make_plots as draw
+
+        try:
+            plots = draw(results, comp_dir)
+        except Exception as e:  # a plotting problem (fonts, backend) must not cost the report
+            plot_error = f"{type(e).__name__}: {e}"
+            print(f"warning: plots not written: {plot_error}", file=sys.stderr)
+    _write_text(files["report"], render_markdown(results, plots, plot_error))
+    files.update(plots)
+    return files
+
+
+# -- terminal ---------------------------------------------------------------------------------------
+
+def print_table(results: dict[str, Any], file: TextIO | None = None) -> None:
+    """The comparison as a plain-text table with one verdict line per arm (for the terminal)."""
+    f = file if file is not None else sys.stdout
+    arms = results.get("arms", [])
+    baseline = results.get("baseline")
+    seeds = ", ".join(str(s) for s in results.get("seeds", []))
+    print(f"lumi compare: {results.get('name', '')} — matched {results.get('matched')}, budget "
+          f"{results.get('budget')}, seeds {seeds}, baseline {baseline}", file=f)
+    header = ["arm", "params", "FLOPs/tok", "tokens", "wall", "tok/s", "val BPB", f"Δ vs {baseline} [95% CI]",
+              "p t / sign-flip", "wins", "status"]
+    rows = [header]
+    for a in arms:
+        vs = a.get("vs_baseline")
+        base = a.get("is_baseline")
+        rows.append([a["label"], fmt_count(a.get("params")), fmt_count(a.get("flops_per_token")),
+                     fmt_count(arm_mean(a, "tokens")), fmt_wall(arm_mean(a, "wall_s")),
+                     fmt_count(arm_mean(a, "tok_per_s")), fmt_bpb(a.get("bpb")),
+                     "baseline" if base else fmt_delta(vs), DASH if base else fmt_ps(vs),
+                     DASH if base else fmt_wins(vs), arm_status(a)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    left = {0, len(header) - 1}  # text columns left-aligned, numbers right-aligned
+    for i, r in enumerate(rows):
+        cells = [c.ljust(w) if j in left else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))]
+        print("  ".join(cells).rstrip(), file=f)
+        if i == 0:
+            print("  ".join("-" * w for w in widths), file=f)
+    others = [a for a in arms if not a.get("is_baseline")]
+    if others:
+        print(file=f)
+        for a in others:
+            print(verdict_line(a, baseline), file=f)
+    print(f"✓ = |Δ| ≥ {results.get('threshold', 0.005):g} BPB and the 95% CI excludes 0; Δ < 0 favours the arm",
+          file=f)
+    notes = results.get("notes") or []
+    if notes:
+        print("\nnotes:", file=f)
+        for n in notes[:MAX_TERMINAL_NOTES]:
+            print(f"  - {n}", file=f)
+        if len(notes) > MAX_TERMINAL_NOTES:
+            print(f"  ... {len(notes) - MAX_TERMINAL_NOTES} more in report.md", file=f)

@@ -1,0 +1,215 @@
+"""Gather a comparison's run directories into one JSON-serialisable results dict (results.json).
+
+Every run of every arm is listed, whatever its state (completed, failed, diverged, interrupted,
+missing); statistics use only the usable ones (completed with a final BPB), paired by seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from lumi.compare.diagnose import TAIL_FRACTION, diagnose_run, split_rows
+from lumi.compare.stats import compare_paired, summarize
+from lumi.train.rundir import read_metrics
+
+# Summary fields copied into each run's entry.
+RUN_FIELDS = ("steps", "tokens", "flops", "wall_s", "train_s", "tok_per_s", "final_val_bpb", "error")
+FACT_FIELDS = ("params", "non_embedding_params", "active_params", "flops_per_token")
+CURVE_FIELDS = ("step", "tokens", "flops", "elapsed_s")
+# Statuses in the order an arm's status text lists them; anything else follows.
+STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", "running", "missing")
+NOTE_STATUSES = ("failed", "diverged", "interrupted")
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, tuples -> lists, dict keys -> str, numpy scalars -> Python."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _clean(obj.item())
+    return obj
+
+
+def _as_dict(obj: Any) -> dict[str, Any] | None:
+    """A plan / check given as a dict, a dataclass or anything with to_dict(); None stays None."""
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return dict(obj)
+    if hasattr(obj, "to_dict"):
+        return dict(obj.to_dict())
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    return dict(obj)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """summary.json of a run, or None when absent or unreadable (a run killed while writing it)."""
+    try:
+        data = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def first_failed_check(check: dict[str, Any] | None) -> str | None:
+    """'name: detail' of the first failing check result, or None."""
+    if not check:
+        return None
+    for r in check.get("results") or []:
+        if not r.get("passed", True):
+            return f"{r.get('name', '?')}: {r.get('detail', '')}".rstrip(": ")
+    return None
+
+
+def status_text(statuses: list[str]) -> str:
+    """'2 completed, 1 failed' (in STATUS_ORDER, then any other status alphabetically)."""
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s] = counts.get(s, 0) + 1
+    order = [s for s in STATUS_ORDER if s in counts] + sorted(s for s in counts if s not in STATUS_ORDER)
+    return ", ".join(f"{counts[s]} {s}" for s in order) or "no runs"
+
+
+def _curve(evals: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The periodic validation curve: parallel lists, one entry per eval with a finite val BPB."""
+    pts = [r for r in evals if _num(r.get("val_bpb")) is not None]
+    curve: dict[str, list[Any]] = {k: [r.get(k) for r in pts] for k in CURVE_FIELDS}
+    curve["val_bpb"] = [float(r["val_bpb"]) for r in pts]
+    return curve
+
+
+def _descending_note(label: str, runs: list[dict[str, Any]]) -> str | None:
+    """One note per arm for the runs whose curve was still falling at the end (the ranking may change)."""
+    falls: list[tuple[int, str]] = []
+    for r in runs:
+        for d in r["diagnoses"]:
+            if d["label"] == "descending":
+                m = re.search(r"^(.*?) fell (-?[0-9.]+%)", d["detail"])
+                falls.append((r["seed"], f"{m.group(1)} fell {m.group(2)}" if m else d["detail"]))
+    if not falls:
+        return None
+    seeds = ", ".join(str(s) for s, _ in falls)
+    what = "; ".join(f"seed {s}: {f}" for s, f in falls) if len(falls) > 1 else falls[0][1]
+    return (f"{label} seed{'s' if len(falls) > 1 else ''} {seeds}: still descending over the last "
+            f"{round(100 * TAIL_FRACTION)}% of tokens ({what}): a longer budget may change the ranking")
+
+
+def collect_run(run_dir: Path, seed: int, check_passed: bool | None = None,
+                check_detail: str | None = None) -> dict[str, Any]:
+    """One run's entry: status, numbers, diagnoses and validation curve (status 'missing' without a summary)."""
+    summary = read_summary(run_dir)
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    status = str(summary.get("status") or "unknown") if summary else "missing"
+    s = summary or {}
+    final = _num(s.get("final_val_bpb"))
+    _, evals = split_rows(rows)
+    run: dict[str, Any] = {"seed": seed, "status": status, "usable": status == "completed" and final is not None,
+                           "run_dir": str(run_dir)}
+    for key in RUN_FIELDS:
+        run[key] = s.get(key)
+    run["final_val_bpb"] = final
+    # A run with neither summary nor metrics has no curve to diagnose (it never started).
+    diags = diagnose_run(rows, summary, check_passed, check_detail) if (summary or rows) else []
+    run["diagnoses"] = [d.to_dict() for d in diags]
+    run["curve"] = _curve(evals)
+    run["_summary"] = summary  # dropped before returning the results; facts and eval protocol come from it
+    return run
+
+
+def collect_results(spec: Any, comp_dir: str | Path, checks: dict[str, Any] | None = None,
+                    plans: dict[str, Any] | None = None, env: dict[str, Any] | None = None,
+                    notes: list[str] | None = None) -> dict[str, Any]:
+    """Everything the report needs, from comp_dir/runs/<arm.dirname>/seed-<k>/ of every arm and seed.
+
+    ``checks``: label -> CheckReport.to_dict(); ``plans``: label -> the arm's plan (steps, tokens,
+    flops, budget, maybe params / flops_per_token); ``env``: the environment; ``notes``: notes of
+    the caller, listed first.
+    """
+    comp_dir = Path(comp_dir)
+    checks = checks or {}
+    plans = plans or {}
+    all_notes: list[str] = list(notes or [])
+    arms: list[dict[str, Any]] = []
+    protocol: dict[str, Any] | None = None
+
+    for arm in spec.arms:
+        label = arm.label
+        check = _as_dict(checks.get(label))
+        check_passed = bool(check.get("passed")) if check is not None and "passed" in check else None
+        failed_check = first_failed_check(check) if check_passed is False else None
+        plan = _as_dict(plans.get(label))
+        runs = [collect_run(comp_dir / "runs" / arm.dirname / f"seed-{seed}", seed, check_passed, failed_check)
+                for seed in spec.seeds]
+
+        facts: dict[str, Any] = {k: None for k in FACT_FIELDS}
+        src = next((r["_summary"] for r in runs if r["_summary"] and r["_summary"].get("params") is not None), None)
+        if src is not None:
+            facts = {k: src.get(k) for k in FACT_FIELDS}
+        elif plan:
+            plan_facts = plan.get("facts") if isinstance(plan.get("facts"), dict) else plan
+            facts = {k: plan_facts.get(k) for k in FACT_FIELDS}
+        for r in runs:
+            if protocol is None and r["_summary"] and r["_summary"].get("final_val_protocol"):
+                protocol = r["_summary"]["final_val_protocol"]
+
+        # Notes: what went wrong with each run, then the check, then the statistics.
+        for r in runs:
+            if r["status"] in NOTE_STATUSES:
+                all_notes.append(f"{label} seed {r['seed']}: {r['status']}" + (f": {r['error']}" if r["error"] else ""))
+        descending = _descending_note(label, runs)
+        if descending:
+            all_notes.append(descending)
+        missing = [r["seed"] for r in runs if r["status"] == "missing"]
+        if missing:
+            all_notes.append(f"{label}: no run yet for seed(s) {', '.join(map(str, missing))}")
+        if failed_check is not None:
+            all_notes.append(f"{label}: failed lumi check: {failed_check}")
+
+        arms.append({
+            "label": label, "model": arm.name, "preset": arm.preset, "overrides": dict(arm.overrides),
+            "files": list(getattr(arm, "files", []) or []),
+            "tokenizer": spec.tokenizer_of(arm) if hasattr(spec, "tokenizer_of") else None,
+            "is_baseline": label == spec.baseline, **facts, "plan": plan, "check": check,
+            "check_passed": check_passed,
+            "bpb": summarize({r["seed"]: r["final_val_bpb"] for r in runs if r["usable"]}).to_dict(),
+            "vs_baseline": None, "status": status_text([r["status"] for r in runs]), "runs": runs,
+        })
+
+    # Paired statistics need every arm's values, so they come once all arms are read.
+    base = next(a for a in arms if a["is_baseline"])
+    base_values = {r["seed"]: r["final_val_bpb"] for r in base["runs"] if r["usable"]}
+    for a in arms:
+        if a["is_baseline"]:
+            continue
+        values = {r["seed"]: r["final_val_bpb"] for r in a["runs"] if r["usable"]}
+        vs = compare_paired(a["label"], base["label"], values, base_values, threshold=spec.threshold)
+        a["vs_baseline"] = vs.to_dict()
+        # The paired notes mostly start with the arm's label already; do not say it twice.
+        all_notes += [n if n.startswith(f"{a['label']} ") else f"{a['label']}: {n}" for n in vs.notes]
+
+    for a in arms:
+        for r in a["runs"]:
+            del r["_summary"]
+    return _clean({
+        "name": spec.name, "spec": spec.to_dict(), "matched": spec.match, "budget": spec.budget,
+        "seeds": list(spec.seeds), "baseline": spec.baseline, "threshold": spec.threshold,
+        "data": dict(spec.data), "eval_protocol": protocol, "env": env, "notes": all_notes, "arms": arms,
+    })

@@ -1,0 +1,129 @@
+"""Run `lumi train` processes, N at a time, so a crashing arm fails alone.
+
+Each run is its own process in its own session: a terminal Ctrl-C reaches only `lumi compare`, which
+forwards exactly one SIGINT to every running child (a second SIGINT would make a child abort without
+its checkpoint), waits for them to checkpoint and exit, then re-raises KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+STOP_GRACE_S = 300.0  # a child finishing its step + checkpoint after SIGINT; then it is terminated
+
+
+@dataclass
+class RunJob:
+    label: str
+    seed: int
+    run_dir: Path
+    config_path: Path
+    log_path: Path
+    resume: bool = False
+    returncode: int | None = None
+    started: float | None = None
+    ended: float | None = None
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.label} seed {self.seed}"
+
+    def command(self) -> list[str]:
+        base = [sys.executable, "-m", "lumi", "train", "--no-progress"]
+        if self.resume:
+            return base + ["--resume", str(self.run_dir)]
+        return base + ["--config", str(self.config_path), "--out", str(self.run_dir)]
+
+
+def run_jobs(jobs: list[RunJob], parallel: int, on_start: Callable[[RunJob], None],
+             on_end: Callable[[RunJob], None], on_tick: Callable[[list[RunJob]], None],
+             tick_s: float = 0.5) -> None:
+    """Run ``jobs`` in order, ``parallel`` at a time. KeyboardInterrupt (Ctrl-C or SIGTERM) stops them cleanly."""
+    pending = list(jobs)
+    running: list[RunJob] = []
+    with _sigterm_as_interrupt():
+        try:
+            while pending or running:
+                while pending and len(running) < parallel:
+                    job = pending.pop(0)
+                    _start(job)
+                    running.append(job)
+                    on_start(job)
+                for job in list(running):
+                    if job.process is not None and job.process.poll() is not None:
+                        _finish(job)
+                        running.remove(job)
+                        on_end(job)
+                on_tick(running)
+                if running:
+                    time.sleep(tick_s)
+        except KeyboardInterrupt:
+            _stop_all(running)
+            for job in running:
+                on_end(job)
+            raise
+
+
+def _start(job: RunJob) -> None:
+    job.log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(job.log_path, "a")
+    log.write(f"\n$ {' '.join(job.command())}\n")
+    log.flush()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    job.started = time.time()
+    job.process = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=env, start_new_session=True)
+    log.close()  # the child holds its own descriptor
+
+
+def _finish(job: RunJob) -> None:
+    job.returncode = job.process.returncode if job.process is not None else None
+    job.ended = time.time()
+
+
+def _stop_all(running: list[RunJob]) -> None:
+    """One SIGINT to each child (it checkpoints and exits 130); terminate stragglers after a grace period."""
+    for job in running:
+        if job.process is not None and job.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                job.process.send_signal(signal.SIGINT)
+    deadline = time.time() + STOP_GRACE_S
+    for job in running:
+        if job.process is None:
+            continue
+        while True:
+            try:
+                job.process.wait(timeout=max(0.1, deadline - time.time()))
+                break
+            except subprocess.TimeoutExpired:
+                job.process.kill()
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting politely
+                job.process.kill()
+        _finish(job)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM to `lumi compare` stops the comparison the same way as Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
