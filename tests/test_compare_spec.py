@@ -140,3 +140,17 @@ def test_comparison_dir_refuses_a_different_spec_and_force_keeps_the_old_one(tmp
     (other / "notes.txt").write_text("mine")
     with pytest.raises(LumiError, match="not a lumi compare directory"):
         open_comparison_dir(spec(), other, force=False, log=logs.append)
+
+
+def test_an_arm_with_its_own_tokenizer_needs_flops_or_time_matching():
+    arms = ["llama:nano", {"model": "llama:nano", "tokenizer": "bytes", "label": "bytes"}]
+    s = spec(arms=arms, data={"corpus": "shakespeare", "tokenizer": "bpe:512"})
+    assert [s.tokenizer_of(a) for a in s.arms] == ["bpe:512", "bytes"]
+    assert s.to_dict()["arms"][1]["tokenizer"] == "bytes"
+    with pytest.raises(LumiError, match="different tokenizers.*--match flops or time"):
+        validate_pairing(s)
+    flops = spec(arms=arms, match="flops")
+    validate_pairing(flops)
+    facts = {"llama:nano": ModelFacts(10_000, 6_000, 10_000, 1000.0), "bytes": ModelFacts(9_000, 8_000, 9_000, 500.0)}
+    plans = plan_budgets(flops, facts, tokens_per_step=64)
+    assert [(p.steps, p.tokens) for p in plans] == [(100, 6400), (200, 12800)]  # half the FLOPs/token: twice the tokens

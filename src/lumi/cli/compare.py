@@ -57,6 +57,8 @@ cmp.yaml:
     - {model: llama:micro, label: swiglu}           # first arm = baseline
     - {model: llama:micro, overrides: {mlp: relu2}, label: relu2}
     - {model: mine:micro, files: [my_arch.py], optim: {lr: 2e-3}}
+    # an arm may bring its own tokenizer (BPB is tokenizer-agnostic; needs --match flops or time):
+    # - {model: llama:byte-micro, tokenizer: bytes, label: bytes}
   seeds: 3
   budget: 600steps
   match: tokens

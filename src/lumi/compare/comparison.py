@@ -139,6 +139,11 @@ def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry
     notes = []
     if spec.match == "time" and jobs > 1:
         notes.append(f"time-matched with {jobs} runs in parallel: each run's throughput depends on what ran beside it")
+    tokenizers = sorted({spec.tokenizer_of(a) for a in spec.arms})
+    if len(tokenizers) > 1:
+        notes.append(f"arms use different tokenizers ({', '.join(tokenizers)}): their token counts are not the same "
+                     f"amount of text (compare FLOPs and BPB), and a seed fixes each arm's initialisation and "
+                     f"sampling but not the same text per step, so pairing removes less noise")
     env = {"threads_per_run": threads, "jobs": jobs, "cpus": _cpu_count(), "python": sys.version.split()[0]}
     interrupted = False
     if run_list:
