@@ -43,7 +43,8 @@ class ProgressLine:
         elapsed = now - self.start
         frac = min(max(done / self.total, 0.0), 1.0)
         eta = (elapsed / frac - elapsed) if frac > 0 else float("nan")
-        text = f"{self.description} {100 * frac:5.1f}% {status} elapsed {_fmt_s(elapsed)} eta {_fmt_s(eta)}"
+        text = (f"{self.description} {100 * frac:5.1f}% {status} elapsed {format_duration(elapsed)} "
+                f"eta {format_duration(eta)}")
         if self._live is not None:
             width = 24
             filled = int(width * frac)
@@ -51,7 +52,7 @@ class ProgressLine:
 
             bar = escape(f"[{'#' * filled}{'.' * (width - filled)}]")
             self._live.update(f"[bold]{escape(self.description)}[/] {bar} "
-                              f"{100 * frac:5.1f}% {escape(status)} eta {_fmt_s(eta)}")
+                              f"{100 * frac:5.1f}% {escape(status)} eta {format_duration(eta)}")
         elif now - self._last_plain >= self.plain_every_s or frac >= 1.0:
             self._last_plain = now
             print(text, file=self.stream, flush=True)
@@ -70,7 +71,8 @@ class ProgressLine:
         self.close()
 
 
-def _fmt_s(s: float) -> str:
+def format_duration(s: float) -> str:
+    """'13s', '4m05s', '1h02m' ('?' when unknown)."""
     if s != s or s == float("inf"):
         return "?"
     s = int(round(s))

@@ -44,15 +44,10 @@ def fmt_wall(seconds: Any) -> str:
     """13s, 4.2s, 4m05s, 1h02m; '–' when missing."""
     if not _finite(seconds):
         return DASH
+    from lumi.progress import format_duration
+
     s = float(seconds)
-    if s < 9.95:
-        return f"{s:.1f}s"
-    total = int(round(s))
-    if total < 60:
-        return f"{total}s"
-    if total < 3600:
-        return f"{total // 60}m{total % 60:02d}s"
-    return f"{total // 3600}h{total % 3600 // 60:02d}m"
+    return f"{s:.1f}s" if s < 9.95 else format_duration(s)
 
 
 def fmt_bpb(summary: dict[str, Any] | None) -> str:
