@@ -154,3 +154,45 @@ def test_an_arm_with_its_own_tokenizer_needs_flops_or_time_matching():
     facts = {"llama:nano": ModelFacts(10_000, 6_000, 10_000, 1000.0), "bytes": ModelFacts(9_000, 8_000, 9_000, 500.0)}
     plans = plan_budgets(flops, facts, tokens_per_step=64)
     assert [(p.steps, p.tokens) for p in plans] == [(100, 6400), (200, 12800)]  # half the FLOPs/token: twice the tokens
+
+
+def test_plugin_paths_are_absolute_and_run_directories_distinct(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = spec(arms=["llama:nano", {"model": "mine:nano", "files": ["my_arch.py"]}])
+    assert s.arms[1].files == [str(tmp_path / "my_arch.py")]  # a re-run from here finds the same spec
+    yaml_dir = tmp_path / "specs"
+    s = spec_from_dict({"arms": ["llama:nano", {"model": "mine:nano", "files": ["my_arch.py"]}]}, "x.yaml",
+                       base_dir=yaml_dir)
+    assert s.arms[1].files == [str(yaml_dir / "my_arch.py")]  # relative to the YAML file
+    with pytest.raises(LumiError, match="share the run directory runs/llama-nano"):
+        spec(arms=["llama:nano", "llama-nano=llama:nano+mlp=relu2"])
+    with pytest.raises(LumiError, match=r"arms\[1\]: .*FIELD=VALUE"):
+        spec(arms=["llama:nano", "llama:nano+mlp"])
+    with pytest.raises(LumiError, match="allow_leaky must be true or false"):
+        spec(allow_leaky="no")
+    with pytest.raises(LumiError, match="jobs must be a whole number"):
+        spec(jobs=1.5)
+
+
+def test_a_comparison_that_never_trained_takes_a_new_spec(tmp_path):
+    from lumi.compare.comparison import _write_yaml, open_comparison_dir
+
+    comp = tmp_path / "cmp"
+    comp.mkdir()
+    _write_yaml(comp / "compare.yaml", {"spec": spec().to_dict()})
+    (comp / "checks.json").write_text("{}")
+    logs = []
+    assert open_comparison_dir(spec(budget="200steps"), comp, force=False, log=logs.append) is None
+    assert "never trained" in logs[-1]
+
+
+def test_changing_the_baseline_changes_flops_matched_runs(tmp_path):
+    from lumi.compare.comparison import _write_yaml, open_comparison_dir
+
+    comp = tmp_path / "cmp"
+    (comp / "runs").mkdir(parents=True)
+    _write_yaml(comp / "compare.yaml", {"spec": spec(match="flops").to_dict()})
+    with pytest.raises(LumiError, match="baseline"):  # budgets were converted through the old baseline
+        open_comparison_dir(spec(match="flops", baseline="llama:nano+mlp=relu2"), comp, force=False)
+    _write_yaml(comp / "compare.yaml", {"spec": spec().to_dict()})
+    assert open_comparison_dir(spec(baseline="llama:nano+mlp=relu2"), comp, force=False) is not None

@@ -141,7 +141,8 @@ def build_spec(args: argparse.Namespace):
         raw.setdefault(section, {})
         raw[section] = dict(raw[section] or {})
         raw[section][field] = yaml.safe_load(value) if value.strip() else ""
-    spec = spec_from_dict(raw, where, default_name=default_name)
+    spec = spec_from_dict(raw, where, default_name=default_name,
+                          base_dir=Path(args.config).parent if args.config else None)
     if args.arms and not args.name and not args.config:
         spec.name = auto_name(spec.arms)
     _attach_model_files(spec, args.model_file)
@@ -149,14 +150,18 @@ def build_spec(args: argparse.Namespace):
 
 
 def _attach_model_files(spec, files: list[str]) -> None:
-    """Load each --model-file and attach it to the arms whose model it registers (or all, if none match)."""
+    """Load each --model-file and attach it to the arms whose model it registers."""
     if not files:
         return
     from lumi.models.registry import load_model_file
 
     for f in files:
+        f = str(Path(f).expanduser().resolve())
         names = set(load_model_file(f))
-        users = [a for a in spec.arms if a.name in names] or spec.arms
+        users = [a for a in spec.arms if a.name in names]
+        if not users:
+            raise LumiError(f"model file {f!r} registers {', '.join(sorted(names)) or 'no model'}, but no arm uses "
+                            f"{'them' if len(names) > 1 else 'it'}; arms: {', '.join(a.label for a in spec.arms)}")
         for arm in users:
             if f not in arm.files:
                 arm.files.append(f)

@@ -53,7 +53,13 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _run_defining(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in NON_RUN_KEYS}
+    """The spec keys that change runs. The baseline does too when the budgets are converted through it
+    (--match flops with a step/token budget; a time budget with --match tokens|flops)."""
+    from lumi.train.config import parse_budget
+
+    kind = parse_budget(d.get("budget", "1steps")).kind
+    via_baseline = (d.get("match") == "flops" and kind != "flops") or (kind == "seconds" and d.get("match") != "time")
+    return {k: v for k, v in d.items() if k not in NON_RUN_KEYS or (k == "baseline" and via_baseline)}
 
 
 def open_comparison_dir(spec: CompareSpec, comp_dir: Path, force: bool,
@@ -77,6 +83,9 @@ def open_comparison_dir(spec: CompareSpec, comp_dir: Path, force: bool,
     diffs = config_differences(_run_defining(saved["spec"]), _run_defining(spec.to_dict()))
     if not diffs:
         return saved
+    if not (comp_dir / "runs").exists():  # it never trained anything (e.g. a refused arm): nothing to keep
+        log(f"{comp_dir} held a comparison that never trained; replacing its spec ({'; '.join(diffs[:2])})")
+        return None
     if not force:
         raise LumiError(f"{str(comp_dir)!r} holds a different spec ({'; '.join(diffs[:4])}"
                         f"{' ...' if len(diffs) > 4 else ''}); runs of different comparisons are never mixed: "
@@ -108,6 +117,13 @@ def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry
 
     data_dirs = _prepare_data(spec, progress, log)
     vocab = {tok: d.vocab_size for tok, d in data_dirs.items()}
+    fingerprints = {tok: d.fingerprint() for tok, d in data_dirs.items()}
+    for tok, old in (state.get("data_fingerprints") or {}).items():
+        if tok in fingerprints and fingerprints[tok] != old and (comp_dir / "runs").exists():
+            raise LumiError(f"the prepared data for {spec.data['corpus']} / {tok} changed since this comparison's "
+                            f"runs were trained (were corpus files edited?); mixing them would compare different "
+                            f"data: use --force to start fresh (the old comparison is kept beside it)")
+    state["data_fingerprints"] = fingerprints
     checks = _run_checks(spec, comp_dir, vocab, log)
 
     seq_len = int(spec.train.get("seq_len", 128))
@@ -158,6 +174,8 @@ def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry
             interrupted = True
         finally:
             display.close()
+            for job in run_list:
+                _mark_killed(job, log)
     plan_dicts = {k: {**p.to_dict(), **facts[k].to_dict()} for k, p in plans.items()}
     results = collect_results(spec, comp_dir, checks=checks, plans=plan_dicts, env=env, notes=notes)
     files = write_report(results, comp_dir, make_plots=make_plots)
@@ -179,13 +197,36 @@ def _cpu_count() -> int:
 
 
 def _load_plugins(spec: CompareSpec) -> None:
-    from lumi.models.registry import get_spec, load_model_file
+    """Import plugin files and resolve every arm's model config now, so a typo fails before any work."""
+    from lumi.models.registry import load_model_file, make_config
 
     for arm in spec.arms:
         arm.files = [str(Path(f).expanduser().resolve()) for f in arm.files]
         for f in arm.files:
             load_model_file(f)
-        get_spec(arm.name)  # unknown model: fail now, with the registered names
+        try:
+            make_config(arm.name, arm.preset, arm.overrides)
+        except LumiError as e:
+            raise LumiError(f"arm {arm.label!r}: {e}") from None
+
+
+def _mark_killed(job: RunJob, log: Callable[[str], None]) -> None:
+    """A child killed outright (out of memory, SIGKILL) leaves status 'running': record it as failed."""
+    if job.returncode in (None, 0, 130) or _status(job.run_dir) not in ("running", "unknown"):
+        return
+    how = f"killed by signal {-job.returncode}" if job.returncode < 0 else f"exited with code {job.returncode}"
+    error = f"lumi train {how} without a final status (out of memory?); see {job.log_path}"
+    path = job.run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        summary = {"run_dir": str(job.run_dir)}
+    summary.update(status="failed", error=error)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("summary.json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, path)
+    log(f"{job.key}: {error}")
 
 
 def _prepare_data(spec: CompareSpec, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
@@ -199,6 +240,9 @@ def _prepare_data(spec: CompareSpec, progress: bool, log: Callable[[str], None])
             continue
         if spec.data.get("dir") and tok == spec.data["tokenizer"]:
             out[tok] = load_prepared(Path(spec.data["dir"]))
+            if out[tok].tokenizer.spec != tok:
+                raise LumiError(f"--data {spec.data['dir']} holds {out[tok].tokenizer.spec} shards, but the comparison's "
+                                f"tokenizer is {tok}; pass --tokenizer {out[tok].tokenizer.spec} or another --data")
         else:
             out[tok] = prepare(spec.data["corpus"], tok, progress=progress, log=log)
         log(f"data: {spec.data['corpus']} / {tok}: vocabulary {out[tok].vocab_size}, {out[tok].directory}")
@@ -300,8 +344,10 @@ def _schedule(spec: CompareSpec, comp_dir: Path, data: dict[str, Any], plans: di
                 if isinstance(saved, dict):
                     diffs = [d for d in config_differences(saved, cfg) if not d.startswith("train.threads:")]
                     if diffs:
-                        raise LumiError(f"run {run_dir} was trained with a different config ({'; '.join(diffs[:3])}); "
-                                        f"it cannot be reused or resumed: use --force to start the comparison fresh")
+                        raise LumiError(f"run {run_dir} was trained with a different config ({'; '.join(diffs[:3])}) "
+                                        f"although the comparison's spec is the same (moved data or plugin files?); "
+                                        f"it cannot be reused or resumed: move it away to retrain it, or use "
+                                        f"another --out")
             if status in REUSABLE:
                 counts["reused"] += 1
                 continue

@@ -18,7 +18,7 @@ from lumi.errors import LumiError
 
 MIN_STEPS = 10  # fewer optimizer steps than this leave nothing to evaluate or compare
 MIN_SECONDS = 10.0
-FORBIDDEN_TRAIN_KEYS = ("seed", "init_seed", "data_seed", "budget")
+FORBIDDEN_TRAIN_KEYS = ("seed", "init_seed", "data_seed", "budget", "threads")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def validate_pairing(spec: CompareSpec) -> None:
                             f"the other train settings go in the shared train: section")
     for key in FORBIDDEN_TRAIN_KEYS:
         if key in spec.train:
-            raise LumiError(f"train.{key} is set by the comparison itself (seeds: and budget: of the spec); "
+            raise LumiError(f"train.{key} is set by the comparison itself (from seeds:, budget: and --jobs); "
                             f"remove it from the train section")
     if str(spec.train.get("final_eval", "full")) == "none":
         raise LumiError("train.final_eval=none leaves no final validation BPB to compare; use full (default) or subset")

@@ -132,6 +132,13 @@ def verdict_line(arm: dict[str, Any], baseline: str) -> str:
                      f"{fmt_p(vs.get('p_permutation'), vs.get('permutation_exact'))} (sign-flip)")
         if _finite(vs.get("p_wilcoxon")):
             parts.append(f"Wilcoxon p = {fmt_p(vs['p_wilcoxon'])}")
+    # What the verdict does not see must be said next to it, not only in the notes.
+    excluded = [f"seed {r['seed']} {r['status']}" for r in arm.get("runs", [])
+                if r.get("status") in ("failed", "diverged", "interrupted", "running")]
+    if excluded:
+        parts.append("EXCLUDED from the pairing: " + ", ".join(excluded))
+    if arm.get("check_passed") is False:
+        parts.append("SUSPICIOUS: the model failed lumi check, so this BPB is not trustworthy")
     return f"{head} — " + ", ".join(parts)
 
 
@@ -175,8 +182,11 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None
             f"{label} {p.get('budget', '?')}" + (f" ({fmt_count(p['tokens'])} tokens)" if _finite(p.get("tokens"))
                                                   else "") for label, p in plans)
     out.append(budget)
+    mixed = len({a.get("tokenizer") for a in arms if a.get("tokenizer")}) > 1
     out.append(f"- Seeds: {', '.join(str(s) for s in results.get('seeds', []))} (seed k gives every arm the same "
-               "initialisation seed and the same batches: differences are paired by seed)")
+               + ("initialisation seed; arms with different tokenizers do not see the same text per step, so the "
+                  "pairing by seed removes less noise)" if mixed else
+                  "initialisation seed and the same batches: differences are paired by seed)"))
     out.append(f"- Baseline: **{baseline}**")
     data_text = f"corpus `{data.get('corpus', '?')}`, tokenizer `{data.get('tokenizer', '?')}`"
     tokenizers = {a.get("tokenizer") for a in arms if a.get("tokenizer")}

@@ -56,8 +56,8 @@ def run_jobs(jobs: list[RunJob], parallel: int, on_start: Callable[[RunJob], Non
             while pending or running:
                 while pending and len(running) < parallel:
                     job = pending.pop(0)
+                    running.append(job)  # before it starts: an interrupt during the start still stops it
                     _start(job)
-                    running.append(job)
                     on_start(job)
                 for job in list(running):
                     if job.process is not None and job.process.poll() is not None:
@@ -67,7 +67,7 @@ def run_jobs(jobs: list[RunJob], parallel: int, on_start: Callable[[RunJob], Non
                 on_tick(running)
                 if running:
                     time.sleep(tick_s)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, SIGTERM, or a bug here: never leave children running unattended
             _stop_all(running)
             for job in running:
                 on_end(job)
@@ -98,17 +98,19 @@ def _stop_all(running: list[RunJob]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 job.process.send_signal(signal.SIGINT)
     deadline = time.time() + STOP_GRACE_S
+    try:
+        for job in running:
+            if job.process is not None:
+                try:
+                    job.process.wait(timeout=max(0.1, deadline - time.time()))
+                except subprocess.TimeoutExpired:
+                    pass
+    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting politely
+        pass
     for job in running:
-        if job.process is None:
-            continue
-        while True:
-            try:
-                job.process.wait(timeout=max(0.1, deadline - time.time()))
-                break
-            except subprocess.TimeoutExpired:
-                job.process.kill()
-            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting politely
-                job.process.kill()
+        if job.process is not None and job.process.poll() is None:
+            job.process.kill()
+            job.process.wait()
         _finish(job)
 
 

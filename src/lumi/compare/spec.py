@@ -121,8 +121,13 @@ def auto_name(arms: list[Arm]) -> str:
     return name
 
 
-def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = None) -> CompareSpec:
-    """Validate a spec mapping (YAML / command line / default); LumiError naming ``where`` and the field."""
+def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = None,
+                   base_dir: str | Path | None = None) -> CompareSpec:
+    """Validate a spec mapping (YAML / command line / default); LumiError naming ``where`` and the field.
+
+    Plugin ``files`` are made absolute here, relative to ``base_dir`` (the YAML file's folder) or the
+    current directory, so a re-run from the same place finds the same comparison.
+    """
     raw = dict(raw)
     for key in raw:
         if key not in SPEC_KEYS:
@@ -139,7 +144,10 @@ def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = N
         elif isinstance(item, dict):
             arms.append(arm_from_mapping(item, f"{where}: arms[{i}]"))
         elif isinstance(item, str):
-            arms.append(parse_arm(item))
+            try:
+                arms.append(parse_arm(item))
+            except LumiError as e:
+                raise LumiError(f"{where}: arms[{i}]: {e}") from None
         else:
             raise LumiError(f"{where}: arms[{i}] must be a string like llama:micro or a mapping with model:, "
                             f"got {item!r}")
@@ -148,6 +156,16 @@ def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = N
     if dupes:
         raise LumiError(f"{where}: every arm needs a unique label; {', '.join(map(repr, dupes))} appears more than "
                         f"once (give one a label: relu2=llama:micro+mlp=relu2, or label: in YAML)")
+    dirs: dict[str, str] = {}
+    for a in arms:
+        if a.label in (".", "..") or a.dirname.strip(".") == "":
+            raise LumiError(f"{where}: arm label {a.label!r} is not a usable directory name")
+        other = dirs.setdefault(a.dirname.lower(), a.label)
+        if other != a.label:
+            raise LumiError(f"{where}: arms {other!r} and {a.label!r} would share the run directory "
+                            f"runs/{a.dirname} (':' becomes '-'; case is ignored); give one another label")
+    for a in arms:
+        a.files = [str((Path(base_dir or ".") / Path(f).expanduser()).resolve()) for f in a.files]
     baseline = raw.get("baseline") or labels[0]
     if baseline not in labels:
         raise LumiError(f"{where}: baseline {baseline!r} is not one of the arms{closest(str(baseline), labels)}; "
@@ -166,7 +184,9 @@ def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = N
         raise LumiError(f"{where}: threshold must be >= 0, got {threshold}")
     jobs = raw.get("jobs", 1)
     try:
-        jobs = int(1 if jobs is None else jobs)
+        if isinstance(jobs, bool) or float(1 if jobs is None else jobs) != int(float(1 if jobs is None else jobs)):
+            raise ValueError
+        jobs = int(float(1 if jobs is None else jobs))
     except (TypeError, ValueError):
         raise LumiError(f"{where}: jobs must be a whole number >= 1, got {raw.get('jobs')!r}") from None
     if jobs < 1:
@@ -193,7 +213,13 @@ def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = N
     return CompareSpec(name=name, arms=arms, baseline=baseline, seeds=parse_seeds(raw.get("seeds", 2)),
                        budget=budget, match=match, threshold=threshold, jobs=jobs, data=data,
                        train=_section(raw, "train", where), optim=_section(raw, "optim", where),
-                       allow_leaky=bool(raw.get("allow_leaky", False)))
+                       allow_leaky=_flag(raw.get("allow_leaky", False), "allow_leaky", where))
+
+
+def _flag(value: Any, key: str, where: str) -> bool:
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    raise LumiError(f"{where}: {key} must be true or false, got {value!r}")
 
 
 def _section(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
