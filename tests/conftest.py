@@ -87,3 +87,17 @@ def tiny_prepared(tiny_corpus_dir, tmp_path_factory):
 
     return prepare(f"files:{tiny_corpus_dir}", "bytes", out=tmp_path_factory.mktemp("prep") / "tiny_bytes",
                    progress=False)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and do not fight other test processes for the cores.
+
+    Opt in per module with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

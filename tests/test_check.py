@@ -27,13 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 NANO = dict(n_layers=2, d_model=64, n_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight parallel test runs for cores)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 @pytest.fixture

@@ -18,12 +18,7 @@ from lumi.models import build_model, list_models
 PLUGINS = Path(__file__).parent / "plugins"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def trained_llama(seed: int = 0, steps: int = 30, **overrides):

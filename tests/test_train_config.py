@@ -14,13 +14,7 @@ from lumi.train.schedule import lr_multiplier
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Other test processes share the 2 cores; one thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 @pytest.mark.parametrize("text,kind,value", [
     ("2000steps", "steps", 2000),

@@ -18,12 +18,7 @@ from lumi.train.rundir import read_metrics
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def test_two_processes_match_one_process(tiny_corpus_dir, tmp_path):

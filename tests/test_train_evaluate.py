@@ -14,13 +14,7 @@ from lumi.metrics.evaluate import eval_windows, evaluate_bpb, unigram_bpb
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Other test processes share the 2 cores; one thread avoids oversubscription stalls."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 @pytest.fixture(scope="module", params=["bytes", "bpe:300"])
 def prepared(request, tiny_corpus_dir, tmp_path_factory):
