@@ -9,14 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from lumi.train.config import load_config
 from lumi.train.loop import train
 from lumi.train.rundir import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 

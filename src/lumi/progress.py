@@ -71,6 +71,17 @@ class ProgressLine:
         self.close()
 
 
+def format_count(x: float) -> str:
+    """3 significant digits with k/M/G/T: 500, 1k, 6.4k, 19.2M, 3.1T."""
+    r = float(f"{float(x):.3g}")  # round first, so 999.7k becomes 1M and not 1e+03k
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(r) >= scale:
+            if abs(r) >= 1000 * scale:  # beyond 999T
+                return f"{r:.3g}"
+            return f"{r / scale:.3g}{suffix}"
+    return f"{r:.3g}"
+
+
 def format_duration(s: float) -> str:
     """'13s', '4m05s', '1h02m' ('?' when unknown)."""
     if s != s or s == float("inf"):

@@ -167,12 +167,9 @@ def _run(args: argparse.Namespace, cfg, info) -> dict[str, Any]:
 
 def print_summary(s: dict[str, Any]) -> None:
     def num(x: float | None, unit: str = "") -> str:
-        if x is None:
-            return "n/a"
-        for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if abs(x) >= div:
-                return f"{x / div:.3g}{suffix}{unit}"
-        return f"{x:.3g}{unit}"
+        from lumi.progress import format_count
+
+        return "n/a" if x is None else format_count(x) + unit
 
     print(f"\nrun {s['run_dir']}: {s['status']}" + (f" — {s['error']}" if s.get("error") else ""))
     print(f"  model   {s['model']}:{s['preset'] or 'custom'}  params {num(s['params'])} "

@@ -18,8 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from lumi.compare.plan import ArmPlan, ModelFacts, measure_tokens_per_s, model_facts, plan_budgets, tokens_per_step, \
-    validate_pairing
+from lumi.compare.plan import (
+    ArmPlan,
+    ModelFacts,
+    measure_tokens_per_s,
+    model_facts,
+    plan_budgets,
+    tokens_per_step,
+    train_settings,
+    validate_pairing,
+)
 from lumi.compare.runner import RunJob, run_jobs
 from lumi.compare.spec import CompareSpec
 from lumi.errors import LumiError
@@ -38,9 +46,9 @@ def _log(msg: str) -> None:
 def _write_yaml(path: Path, obj: Any) -> None:
     import yaml
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
-    os.replace(tmp, path)
+    from lumi.train.rundir import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
 
 
 def _read_yaml(path: Path) -> Any:
@@ -126,7 +134,8 @@ def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry
     state["data_fingerprints"] = fingerprints
     checks = _run_checks(spec, comp_dir, vocab, log)
 
-    seq_len = int(spec.train.get("seq_len", 128))
+    settings = train_settings(spec)
+    seq_len = settings.seq_len
     facts = {a.label: model_facts(a, vocab[spec.tokenizer_of(a)], seq_len) for a in spec.arms}
     tps = tokens_per_step(spec)
     jobs = min(spec.jobs, len(spec.arms) * len(spec.seeds))
@@ -141,8 +150,7 @@ def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry
             base = spec.arm(spec.baseline)
             log(f"measuring {spec.baseline}'s throughput to convert the {spec.budget} budget into "
                 f"{spec.match} ({threads} threads) ...")
-            probe = measure_tokens_per_s(base, vocab[spec.tokenizer_of(base)], seq_len,
-                                         int(spec.train.get("batch_size", 16)), threads)
+            probe = measure_tokens_per_s(base, vocab[spec.tokenizer_of(base)], seq_len, settings.batch_size, threads)
             log(f"  {probe:,.0f} tokens/s -> {probe * parse_budget(spec.budget).value:,.0f} tokens")
         plans = {p.label: p for p in plan_budgets(spec, facts, tps, probe)}
         state["probe_tokens_per_s"] = probe
@@ -168,14 +176,17 @@ def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry
         total_steps = {k: p.steps for k, p in plans.items()}
         reused = len(spec.arms) * len(spec.seeds) - len(run_list)
         display = CompareDisplay(run_list, total_steps, reused, enabled=progress)
+
+        def ended(job: RunJob) -> None:
+            _mark_killed(job, log)  # first, so the display and the report see the recorded status
+            display.finished(job)
+
         try:
-            run_jobs(run_list, jobs, display.started, display.finished, display.tick)
+            run_jobs(run_list, jobs, display.started, ended, display.tick)
         except KeyboardInterrupt:
             interrupted = True
         finally:
             display.close()
-            for job in run_list:
-                _mark_killed(job, log)
     plan_dicts = {k: {**p.to_dict(), **facts[k].to_dict()} for k, p in plans.items()}
     results = collect_results(spec, comp_dir, checks=checks, plans=plan_dicts, env=env, notes=notes)
     files = write_report(results, comp_dir, make_plots=make_plots)
@@ -211,21 +222,19 @@ def _load_plugins(spec: CompareSpec) -> None:
 
 
 def _mark_killed(job: RunJob, log: Callable[[str], None]) -> None:
-    """A child killed outright (out of memory, SIGKILL) leaves status 'running': record it as failed."""
-    if job.returncode in (None, 0, 130) or _status(job.run_dir) not in ("running", "unknown"):
+    """A child that ended without a final status (killed outright: out of memory, SIGKILL; or it failed
+    before creating its run directory) is recorded as failed, with a pointer to its log."""
+    from lumi.compare.results import read_summary
+    from lumi.train.rundir import write_json
+
+    if job.returncode in (None, 0, 130) or _status(job.run_dir) not in (None, "running", "unknown"):
         return
     how = f"killed by signal {-job.returncode}" if job.returncode < 0 else f"exited with code {job.returncode}"
-    error = f"lumi train {how} without a final status (out of memory?); see {job.log_path}"
-    path = job.run_dir / "summary.json"
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
-        summary = {"run_dir": str(job.run_dir)}
+    error = f"lumi train {how} without writing a final status (out of memory?); see {job.log_path}"
+    summary = read_summary(job.run_dir) or {"run_dir": str(job.run_dir)}
     summary.update(status="failed", error=error)
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("summary.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, path)
+    write_json(job.run_dir / "summary.json", summary)
     log(f"{job.key}: {error}")
 
 
@@ -265,6 +274,7 @@ def _run_checks(spec: CompareSpec, comp_dir: Path, vocab: dict[str, int],
                 log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """`lumi check` on every arm (cached by definition). Refuses leaky arms unless spec.allow_leaky."""
     from lumi.check.runner import run_checks
+    from lumi.train.rundir import write_json
 
     cache_path = comp_dir / "checks.json"
     try:
@@ -281,7 +291,7 @@ def _run_checks(spec: CompareSpec, comp_dir: Path, vocab: dict[str, int],
             report = run_checks(arm.name, arm.preset, arm.overrides, vocab_size=vocab[spec.tokenizer_of(arm)],
                                 seq_len=CHECK_SEQ_LEN).to_dict()
             cache[key] = report
-            cache_path.write_text(json.dumps(cache, indent=1))
+            write_json(cache_path, cache)
         checks[arm.label] = report
         failed = [r for r in report["results"] if not r["passed"]]
         leaks = [r for r in failed if r["name"].startswith("causality")]
@@ -370,10 +380,13 @@ def _schedule(spec: CompareSpec, comp_dir: Path, data: dict[str, Any], plans: di
 
 
 def _status(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return "unknown" if run_dir.exists() else None
+    """The run's recorded status; 'unknown' for a directory without a readable summary; None: no run."""
+    from lumi.compare.results import read_summary
+
+    summary = read_summary(run_dir)
+    if summary is not None:
+        return summary.get("status")
+    return "unknown" if run_dir.exists() else None
 
 
 def _move_aside(run_dir: Path, suffix: str, log: Callable[[str], None]) -> None:

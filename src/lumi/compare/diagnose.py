@@ -7,11 +7,12 @@ this order: diverged, descending | plateaued, unstable, overfitting, suspicious,
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
+
+from lumi.compare.stats import as_number
 
 SANITY_FLOOR_BPB = 0.3  # below this on natural text: a leak or broken byte accounting, not a good model
 TAIL_FRACTION = 0.25  # the trend is judged over the last quarter of the x-range (tokens)
@@ -29,17 +30,10 @@ class Diagnosis:
 
     label: str
     detail: str
+    brief: str | None = None  # a short form for summaries across seeds ("val BPB fell 2.0%")
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, str | None]:
         return asdict(self)
-
-
-def _num(x: Any) -> float | None:
-    """A finite float, or None (JSON null stands for NaN/inf in metrics.jsonl)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
 
 
 def split_rows(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -56,7 +50,7 @@ def relative_tail_drop(xs: Sequence[float], ys: Sequence[float]) -> float | None
     y(x_tail) is linearly interpolated at the start of the tail. Positive = still falling.
     None with fewer than 2 points, an empty x-range or a zero last value.
     """
-    pts = [(float(x), float(y)) for x, y in zip(xs, ys) if _num(x) is not None and _num(y) is not None]
+    pts = [(float(x), float(y)) for x, y in zip(xs, ys) if as_number(x) is not None and as_number(y) is not None]
     if len(pts) < 2:
         return None
     pts.sort(key=lambda p: p[0])
@@ -77,7 +71,7 @@ def find_spikes(losses: Sequence[float | None], window: int = SPIKE_WINDOW, rati
     spikes: list[int] = []
     history: list[float] = []
     for i, loss in enumerate(losses):
-        v = _num(loss)
+        v = as_number(loss)
         if v is None:
             continue
         if len(history) >= window and v > ratio * float(np.median(history[-window:])):
@@ -88,8 +82,8 @@ def find_spikes(losses: Sequence[float | None], window: int = SPIKE_WINDOW, rati
 
 def _x_of(row: dict[str, Any]) -> float | None:
     """Tokens seen (the comparison's common axis); the step when a row lacks tokens."""
-    x = _num(row.get("tokens"))
-    return x if x is not None else _num(row.get("step"))
+    x = as_number(row.get("tokens"))
+    return x if x is not None else as_number(row.get("step"))
 
 
 def _pct(frac: float) -> float:
@@ -99,7 +93,7 @@ def _pct(frac: float) -> float:
 def _diverged(train: list[dict[str, Any]], rows: Sequence[dict[str, Any]],
               summary: dict[str, Any]) -> Diagnosis | None:
     div_rows = [r for r in rows if r.get("kind") == "diverged"]
-    bad_train = [r for r in train if _num(r.get("loss")) is None]
+    bad_train = [r for r in train if as_number(r.get("loss")) is None]
     if not (summary.get("status") == "diverged" or summary.get("diverged_at_step") is not None
             or div_rows or bad_train):
         return None
@@ -109,17 +103,17 @@ def _diverged(train: list[dict[str, Any]], rows: Sequence[dict[str, Any]],
     if step is None and bad_train:
         step = bad_train[0].get("step")
     what = "a non-finite loss"
-    if div_rows and _num(div_rows[0].get("loss")) is not None and _num(div_rows[0].get("grad_norm")) is None:
+    if div_rows and as_number(div_rows[0].get("loss")) is not None and as_number(div_rows[0].get("grad_norm")) is None:
         what = "a non-finite gradient norm"
     where = f"at step {step}" if step is not None else "(step unknown)"
     return Diagnosis("diverged", f"training stopped on {what} {where}")
 
 
 def _trend(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> Diagnosis | None:
-    val = [(x, v) for r in evals if (x := _x_of(r)) is not None and (v := _num(r.get("val_bpb"))) is not None]
-    use_ema = any(_num(r.get("loss_ema")) is not None for r in train)
+    val = [(x, v) for r in evals if (x := _x_of(r)) is not None and (v := as_number(r.get("val_bpb"))) is not None]
+    use_ema = any(as_number(r.get("loss_ema")) is not None for r in train)
     key = "loss_ema" if use_ema else "loss"
-    tr = [(x, v) for r in train if (x := _x_of(r)) is not None and (v := _num(r.get(key))) is not None]
+    tr = [(x, v) for r in train if (x := _x_of(r)) is not None and (v := as_number(r.get(key))) is not None]
     few = f" (only {len(val)} periodic eval{'s' if len(val) != 1 else ''})"
     if len(val) >= MIN_EVALS_FOR_TREND:
         pts, what, why = val, "val BPB", ""
@@ -136,7 +130,7 @@ def _trend(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> Diagnosi
     pct = _pct(drop)
     if drop > PLATEAU_DROP:
         return Diagnosis("descending", f"{what} fell {pct:.1f}% {tail}: still improving, a longer budget "
-                                       "may change the ranking")
+                                       "may change the ranking", brief=f"{what} fell {pct:.1f}%")
     moved = f"fell {pct:.1f}%" if pct >= 0 else f"rose {-pct:.1f}%"
     return Diagnosis("plateaued", f"{what} {moved} {tail}, not more than {_pct(PLATEAU_DROP):g}%")
 
@@ -152,7 +146,7 @@ def _unstable(train: list[dict[str, Any]]) -> Diagnosis | None:
 
 
 def _overfitting(evals: list[dict[str, Any]]) -> Diagnosis | None:
-    pts = [r for r in evals if _num(r.get("val_bpb")) is not None]
+    pts = [r for r in evals if as_number(r.get("val_bpb")) is not None]
     if len(pts) < 2:
         return None
     vals = [float(r["val_bpb"]) for r in pts]
@@ -165,7 +159,7 @@ def _overfitting(evals: list[dict[str, Any]]) -> Diagnosis | None:
         return None
 
     def gap(r: dict[str, Any]) -> float | None:
-        vl, tl = _num(r.get("val_loss")), _num(r.get("train_loss_ema"))
+        vl, tl = as_number(r.get("val_loss")), as_number(r.get("train_loss_ema"))
         return None if vl is None or tl is None else vl - tl
 
     g0, g1 = gap(best), gap(last)
@@ -200,8 +194,8 @@ def diagnose_run(rows: Sequence[dict[str, Any]], summary: dict[str, Any] | None,
             out.append(d)
 
     reasons: list[str] = []
-    final = _num(summary.get("final_val_bpb"))
-    periodic = [v for r in evals if (v := _num(r.get("val_bpb"))) is not None]
+    final = as_number(summary.get("final_val_bpb"))
+    periodic = [v for r in evals if (v := as_number(r.get("val_bpb"))) is not None]
     bpb, which = (final, "final val BPB") if final is not None else \
         ((periodic[-1], "last val BPB") if periodic else (None, ""))
     if bpb is not None and bpb < SANITY_FLOOR_BPB:
@@ -212,7 +206,7 @@ def diagnose_run(rows: Sequence[dict[str, Any]], summary: dict[str, Any] | None,
     if reasons:
         out.append(Diagnosis("suspicious", "; ".join(reasons)))
 
-    any_final = any(_num(r.get("val_bpb")) is not None for r in rows if r.get("kind") == "eval")
+    any_final = any(as_number(r.get("val_bpb")) is not None for r in rows if r.get("kind") == "eval")
     if final is None and not any_final:
         out.append(Diagnosis("no-eval", "the run logged no validation BPB"))
     return out

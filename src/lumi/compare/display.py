@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from lumi.compare.results import read_summary
 from lumi.compare.runner import RunJob
 
 PLAIN_EVERY_S = 30.0
@@ -43,13 +44,6 @@ def latest_metrics(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def read_status(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-
-
 class CompareDisplay:
     def __init__(self, jobs: list[RunJob], total_steps: dict[str, int | None], reused: int,
                  enabled: bool = True, stream: TextIO | None = None) -> None:
@@ -75,9 +69,7 @@ class CompareDisplay:
             self._plain(f"{verb} {job.key} -> {job.run_dir} (log: {job.log_path})")
 
     def finished(self, job: RunJob) -> None:
-        status = read_status(job.run_dir) or ("failed" if job.returncode else "unknown")
-        if status == "running":  # killed before it could write its final status
-            status = "failed" if job.returncode not in (0, 130) else "interrupted"
+        status = (read_summary(job.run_dir) or {}).get("status") or "unknown"
         self.ended[job.key] = status
         if self.live is None:
             m = latest_metrics(job.run_dir)

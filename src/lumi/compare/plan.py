@@ -68,7 +68,7 @@ def validate_pairing(spec: CompareSpec) -> None:
         if key in spec.train:
             raise LumiError(f"train.{key} is set by the comparison itself (from seeds:, budget: and --jobs); "
                             f"remove it from the train section")
-    if str(spec.train.get("final_eval", "full")) == "none":
+    if train_settings(spec).final_eval == "none":
         raise LumiError("train.final_eval=none leaves no final validation BPB to compare; use full (default) or subset")
     tokenizers = {spec.tokenizer_of(a) for a in spec.arms}
     if len(tokenizers) > 1 and spec.match == "tokens":
@@ -81,11 +81,16 @@ def validate_pairing(spec: CompareSpec) -> None:
                               f"comparison {spec.name!r} (arm {arm.label!r})")
 
 
-def tokens_per_step(spec: CompareSpec) -> int:
-    from lumi.train.config import TrainSection
+def train_settings(spec: CompareSpec):
+    """The shared train section with `lumi train`'s defaults filled in (seq_len, batch_size ...)."""
+    from lumi.train.config import TrainConfig
 
-    t = TrainSection()
-    return int(spec.train.get("seq_len", t.seq_len)) * int(spec.train.get("batch_size", t.batch_size))
+    return TrainConfig.from_dict({"train": spec.train}, f"comparison {spec.name!r}").train
+
+
+def tokens_per_step(spec: CompareSpec) -> int:
+    t = train_settings(spec)
+    return t.seq_len * t.batch_size
 
 
 def plan_budgets(spec: CompareSpec, facts: dict[str, ModelFacts], tokens_per_step: int,

@@ -6,12 +6,13 @@ periodic eval rows (results["arms"][i]["runs"][j]["curve"]).
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lumi.compare.stats import is_number
 
 # (file name, curve key for x, axis label)
 PLOTS = (
@@ -26,8 +27,7 @@ def _points(run: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray] | No
     curve = run.get("curve") or {}
     xs, ys = curve.get(key) or [], curve.get("val_bpb") or []
     pts = sorted((float(x), float(y)) for x, y in zip(xs, ys)
-                 if isinstance(x, (int, float)) and isinstance(y, (int, float))
-                 and math.isfinite(x) and math.isfinite(y))
+                 if is_number(x) and is_number(y))
     if not pts:
         return None
     x = np.array([p[0] for p in pts])

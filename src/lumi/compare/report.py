@@ -6,11 +6,11 @@ computed that are not already in it, so the report and results.json always agree
 
 from __future__ import annotations
 
-import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
+
+from lumi.compare.stats import is_number
 
 DASH = "–"  # a missing value
 MATCH_MEANING = {
@@ -23,26 +23,16 @@ MAX_TERMINAL_NOTES = 12
 
 # -- number formats ---------------------------------------------------------------------------------
 
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def fmt_count(x: Any) -> str:
     """3 significant digits with k/M/G/T: 500, 1k, 6.4k, 19.2M, 3.1T; '–' when missing."""
-    if not _finite(x):
-        return DASH
-    r = float(f"{float(x):.3g}")  # round first, so 999.7 becomes 1k and not 1e+03
-    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(r) >= scale:
-            if abs(r) >= 1000 * scale:  # beyond 999T
-                return f"{r:.3g}"
-            return f"{r / scale:.3g}{suffix}"
-    return f"{r:.3g}"
+    from lumi.progress import format_count
+
+    return format_count(x) if is_number(x) else DASH
 
 
 def fmt_wall(seconds: Any) -> str:
     """13s, 4.2s, 4m05s, 1h02m; '–' when missing."""
-    if not _finite(seconds):
+    if not is_number(seconds):
         return DASH
     from lumi.progress import format_duration
 
@@ -52,19 +42,19 @@ def fmt_wall(seconds: Any) -> str:
 
 def fmt_bpb(summary: dict[str, Any] | None) -> str:
     """'2.0500 ± 0.0500' (mean ± sample std); the mean alone for one seed; '–' for none."""
-    if not summary or not _finite(summary.get("mean")):
+    if not summary or not is_number(summary.get("mean")):
         return DASH
-    if _finite(summary.get("std")):
+    if is_number(summary.get("std")):
         return f"{summary['mean']:.4f} ± {summary['std']:.4f}"
     return f"{summary['mean']:.4f}"
 
 
 def fmt_delta(vs: dict[str, Any] | None, mark: bool = True) -> str:
     """'-0.0250 [-0.0885, 0.0385] ✓' (mean Δ, 95% CI, ✓ when it clears the threshold)."""
-    if not vs or not _finite(vs.get("mean_diff")):
+    if not vs or not is_number(vs.get("mean_diff")):
         return DASH
     text = f"{vs['mean_diff']:+.4f}"
-    if _finite(vs.get("ci_low")) and _finite(vs.get("ci_high")):
+    if is_number(vs.get("ci_low")) and is_number(vs.get("ci_high")):
         text += f" [{vs['ci_low']:.4f}, {vs['ci_high']:.4f}]"
     elif vs.get("n", 0) < 2:
         text += " (1 seed: no CI)"
@@ -76,7 +66,7 @@ def fmt_delta(vs: dict[str, Any] | None, mark: bool = True) -> str:
 
 
 def fmt_p(p: Any, exact: bool | None = True) -> str:
-    if not _finite(p):
+    if not is_number(p):
         return DASH
     text = "<0.001" if p < 0.001 else f"{p:.3f}"
     return text if exact is not False else f"≈{text}"
@@ -94,7 +84,7 @@ def fmt_wins(vs: dict[str, Any] | None) -> str:
 
 
 def _mean(values: list[Any]) -> float | None:
-    vals = [float(v) for v in values if _finite(v)]
+    vals = [float(v) for v in values if is_number(v)]
     return sum(vals) / len(vals) if vals else None
 
 
@@ -130,7 +120,7 @@ def verdict_line(arm: dict[str, Any], baseline: str) -> str:
     if n >= 2:
         parts.append(f"p = {fmt_p(vs.get('p_ttest'))} (t) / "
                      f"{fmt_p(vs.get('p_permutation'), vs.get('permutation_exact'))} (sign-flip)")
-        if _finite(vs.get("p_wilcoxon")):
+        if is_number(vs.get("p_wilcoxon")):
             parts.append(f"Wilcoxon p = {fmt_p(vs['p_wilcoxon'])}")
     # What the verdict does not see must be said next to it, not only in the notes.
     excluded = [f"seed {r['seed']} {r['status']}" for r in arm.get("runs", [])
@@ -148,8 +138,8 @@ def _eval_protocol(p: dict[str, Any] | None) -> str:
     bits = [f"{p['split']} split" if p.get("split") else None, p.get("subset"),
             f"seq_len {p['seq_len']}" if p.get("seq_len") is not None else None,
             f"stride {p['stride']}" if p.get("stride") is not None else None,
-            f"{fmt_count(p['windows'])} windows" if _finite(p.get("windows")) else None,
-            f"{fmt_count(p['bytes'])} bytes" if _finite(p.get("bytes")) else None]
+            f"{fmt_count(p['windows'])} windows" if is_number(p.get("windows")) else None,
+            f"{fmt_count(p['bytes'])} bytes" if is_number(p.get("bytes")) else None]
     return ", ".join(b for b in bits if b)
 
 
@@ -179,7 +169,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None
     budget = f"- Budget: {results.get('budget')}"
     if plans:
         budget += " — per arm: " + ", ".join(
-            f"{label} {p.get('budget', '?')}" + (f" ({fmt_count(p['tokens'])} tokens)" if _finite(p.get("tokens"))
+            f"{label} {p.get('budget', '?')}" + (f" ({fmt_count(p['tokens'])} tokens)" if is_number(p.get("tokens"))
                                                   else "") for label, p in plans)
     out.append(budget)
     mixed = len({a.get("tokenizer") for a in arms if a.get("tokenizer")}) > 1
@@ -238,10 +228,10 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None
         for r in a.get("runs", []):
             bpb = r.get("final_val_bpb") if r.get("usable") else None
             delta = DASH
-            if not a.get("is_baseline") and _finite(bpb) and _finite(base_bpb.get(r["seed"])):
+            if not a.get("is_baseline") and is_number(bpb) and is_number(base_bpb.get(r["seed"])):
                 delta = f"{bpb - base_bpb[r['seed']]:+.4f}"
-            out.append(_row([a["label"], r["seed"], r.get("status", DASH), f"{bpb:.4f}" if _finite(bpb) else DASH,
-                             delta, r["steps"] if _finite(r.get("steps")) else DASH, fmt_count(r.get("tokens")),
+            out.append(_row([a["label"], r["seed"], r.get("status", DASH), f"{bpb:.4f}" if is_number(bpb) else DASH,
+                             delta, r["steps"] if is_number(r.get("steps")) else DASH, fmt_count(r.get("tokens")),
                              fmt_wall(r.get("wall_s")), ", ".join(d["label"] for d in r.get("diagnoses", []))]))
     out.append("")
 
@@ -279,21 +269,12 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None
     return "\n".join(out).rstrip() + "\n"
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_report(results: dict[str, Any], comp_dir: str | Path, make_plots: bool = True) -> dict[str, Path]:
     """Write results.json (atomically), the plots and report.md into ``comp_dir``.
 
     Returns {"results": path, "report": path, "<plot>.png": path ...}; no PNG keys when no run has a curve.
     """
-    from lumi.train.rundir import write_json
+    from lumi.train.rundir import write_json, write_text_atomic
 
     comp_dir = Path(comp_dir)
     comp_dir.mkdir(parents=True, exist_ok=True)
@@ -309,7 +290,7 @@ def write_report(results: dict[str, Any], comp_dir: str | Path, make_plots: bool
         except Exception as e:  # a plotting problem (fonts, backend) must not cost the report
             plot_error = f"{type(e).__name__}: {e}"
             print(f"warning: plots not written: {plot_error}", file=sys.stderr)
-    _write_text(files["report"], render_markdown(results, plots, plot_error))
+    write_text_atomic(files["report"], render_markdown(results, plots, plot_error))
     files.update(plots)
     return files
 

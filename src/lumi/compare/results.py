@@ -7,15 +7,12 @@ missing); statistics use only the usable ones (completed with a final BPB), pair
 from __future__ import annotations
 
 import json
-import math
-import re
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from lumi.compare.diagnose import TAIL_FRACTION, diagnose_run, split_rows
-from lumi.compare.stats import compare_paired, summarize
-from lumi.train.rundir import read_metrics
+from lumi.compare.stats import as_number, compare_paired, summarize
+from lumi.train.rundir import json_safe, read_metrics
 
 # Summary fields copied into each run's entry.
 RUN_FIELDS = ("steps", "tokens", "flops", "wall_s", "train_s", "tok_per_s", "final_val_bpb", "error")
@@ -24,40 +21,6 @@ CURVE_FIELDS = ("step", "tokens", "flops", "elapsed_s")
 # Statuses in the order an arm's status text lists them; anything else follows.
 STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", "running", "missing")
 NOTE_STATUSES = ("failed", "diverged", "interrupted")
-
-
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x) if math.isfinite(x) else None
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, tuples -> lists, dict keys -> str, numpy scalars -> Python."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _clean(obj.item())
-    return obj
-
-
-def _as_dict(obj: Any) -> dict[str, Any] | None:
-    """A plan / check given as a dict, a dataclass or anything with to_dict(); None stays None."""
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
-        return dict(obj)
-    if hasattr(obj, "to_dict"):
-        return dict(obj.to_dict())
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return asdict(obj)
-    return dict(obj)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -90,7 +53,7 @@ def status_text(statuses: list[str]) -> str:
 
 def _curve(evals: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """The periodic validation curve: parallel lists, one entry per eval with a finite val BPB."""
-    pts = [r for r in evals if _num(r.get("val_bpb")) is not None]
+    pts = [r for r in evals if as_number(r.get("val_bpb")) is not None]
     curve: dict[str, list[Any]] = {k: [r.get(k) for r in pts] for k in CURVE_FIELDS}
     curve["val_bpb"] = [float(r["val_bpb"]) for r in pts]
     return curve
@@ -102,8 +65,7 @@ def _descending_note(label: str, runs: list[dict[str, Any]]) -> str | None:
     for r in runs:
         for d in r["diagnoses"]:
             if d["label"] == "descending":
-                m = re.search(r"^(.*?) fell (-?[0-9.]+%)", d["detail"])
-                falls.append((r["seed"], f"{m.group(1)} fell {m.group(2)}" if m else d["detail"]))
+                falls.append((r["seed"], d.get("brief") or d["detail"]))
     if not falls:
         return None
     seeds = ", ".join(str(s) for s, _ in falls)
@@ -119,7 +81,7 @@ def collect_run(run_dir: Path, seed: int, check_passed: bool | None = None,
     rows = read_metrics(run_dir / "metrics.jsonl")
     status = str(summary.get("status") or "unknown") if summary else "missing"
     s = summary or {}
-    final = _num(s.get("final_val_bpb"))
+    final = as_number(s.get("final_val_bpb"))
     _, evals = split_rows(rows)
     run: dict[str, Any] = {"seed": seed, "status": status, "usable": status == "completed" and final is not None,
                            "run_dir": str(run_dir)}
@@ -152,10 +114,10 @@ def collect_results(spec: Any, comp_dir: str | Path, checks: dict[str, Any] | No
 
     for arm in spec.arms:
         label = arm.label
-        check = _as_dict(checks.get(label))
+        check = checks.get(label)
         check_passed = bool(check.get("passed")) if check is not None and "passed" in check else None
         failed_check = first_failed_check(check) if check_passed is False else None
-        plan = _as_dict(plans.get(label))
+        plan = plans.get(label)
         runs = [collect_run(comp_dir / "runs" / arm.dirname / f"seed-{seed}", seed, check_passed, failed_check)
                 for seed in spec.seeds]
 
@@ -164,8 +126,7 @@ def collect_results(spec: Any, comp_dir: str | Path, checks: dict[str, Any] | No
         if src is not None:
             facts = {k: src.get(k) for k in FACT_FIELDS}
         elif plan:
-            plan_facts = plan.get("facts") if isinstance(plan.get("facts"), dict) else plan
-            facts = {k: plan_facts.get(k) for k in FACT_FIELDS}
+            facts = {k: plan.get(k) for k in FACT_FIELDS}
         for r in runs:
             if protocol is None and r["_summary"] and r["_summary"].get("final_val_protocol"):
                 protocol = r["_summary"]["final_val_protocol"]
@@ -185,8 +146,7 @@ def collect_results(spec: Any, comp_dir: str | Path, checks: dict[str, Any] | No
 
         arms.append({
             "label": label, "model": arm.name, "preset": arm.preset, "overrides": dict(arm.overrides),
-            "files": list(getattr(arm, "files", []) or []),
-            "tokenizer": spec.tokenizer_of(arm) if hasattr(spec, "tokenizer_of") else None,
+            "files": list(arm.files), "tokenizer": spec.tokenizer_of(arm),
             "is_baseline": label == spec.baseline, **facts, "plan": plan, "check": check,
             "check_passed": check_passed,
             "bpb": summarize({r["seed"]: r["final_val_bpb"] for r in runs if r["usable"]}).to_dict(),
@@ -208,7 +168,7 @@ def collect_results(spec: Any, comp_dir: str | Path, checks: dict[str, Any] | No
     for a in arms:
         for r in a["runs"]:
             del r["_summary"]
-    return _clean({
+    return json_safe({
         "name": spec.name, "spec": spec.to_dict(), "matched": spec.match, "budget": spec.budget,
         "seeds": list(spec.seeds), "baseline": spec.baseline, "threshold": spec.threshold,
         "data": dict(spec.data), "eval_protocol": protocol, "env": env, "notes": all_notes, "arms": arms,

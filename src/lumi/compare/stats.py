@@ -33,8 +33,14 @@ CONFIDENCE = 0.95
 VERDICTS = ("better", "worse", "no clear difference", "not enough seeds")
 
 
-def _finite(x: Any) -> bool:
+def is_number(x: Any) -> bool:
+    """A finite int or float (not a bool, not None, not NaN/inf)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def as_number(x: Any) -> float | None:
+    """``x`` as a float when it is a finite number, else None (JSON null stands for NaN/inf in metrics)."""
+    return float(x) if is_number(x) else None
 
 
 def _seed_list(seeds: list[int]) -> str:
@@ -61,7 +67,7 @@ class Summary:
 
 def summarize(values: dict[int, float]) -> Summary:
     """n, mean, sample std (ddof=1), min and max of ``values`` (seed -> BPB); non-finite values are dropped."""
-    vals = {int(k): float(v) for k, v in sorted(values.items()) if _finite(v)}
+    vals = {int(k): float(v) for k, v in sorted(values.items()) if is_number(v)}
     if not vals:
         return Summary(0, None, None, None, None, {})
     arr = np.array(list(vals.values()), dtype=np.float64)
@@ -140,8 +146,8 @@ def compare_paired(label: str, baseline_label: str, arm_values: dict[int, float]
     """
     from scipy import stats as sps
 
-    arm = {int(k): float(v) for k, v in arm_values.items() if _finite(v)}
-    base = {int(k): float(v) for k, v in baseline_values.items() if _finite(v)}
+    arm = {int(k): float(v) for k, v in arm_values.items() if is_number(v)}
+    base = {int(k): float(v) for k, v in baseline_values.items() if is_number(v)}
     seeds = sorted(set(arm) & set(base))
     missing_arm = sorted(set(base) - set(arm))
     missing_base = sorted(set(arm) - set(base))

@@ -262,7 +262,9 @@ class Budget:
     def describe(self) -> str:
         if self.kind == "seconds":
             return f"{self.value:g} s of training"
-        return f"{_human(self.value)} {self.kind}"
+        from lumi.progress import format_count
+
+        return f"{format_count(self.value)} {self.kind}"
 
 
 def parse_budget(text: str | int | float) -> Budget:
@@ -292,13 +294,6 @@ def parse_budget(text: str | int | float) -> Budget:
     if kind == "steps" and value != int(value):
         raise LumiError(f"budget {s!r}: steps must be a whole number; {_BUDGET_EXAMPLES}")
     return Budget(kind=kind, value=value, text=s)
-
-
-def _human(x: float) -> str:
-    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{suffix}"
-    return f"{x:g}"
 
 
 # -- field coercion -----------------------------------------------------------------------------

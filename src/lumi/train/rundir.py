@@ -18,25 +18,33 @@ from lumi.train.config import TrainConfig
 
 
 def write_json(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(json_safe(obj), indent=2) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temp file, then rename: readers see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(_clean(obj), indent=2) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise LumiError(f"cannot write {path}: {e.strerror or e}; free disk space or fix permissions") from None
 
 
-def _clean(obj: Any) -> Any:
-    """JSON has no NaN/inf: write them as null (a diverged loss is recorded by status, not a bare NaN)."""
+def json_safe(obj: Any) -> Any:
+    """JSON has no NaN/inf: write them as null (a diverged loss is recorded by status, not a bare NaN).
+    Also: dict keys -> str, tuples -> lists, paths -> str, numpy / torch scalars -> Python numbers."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return _clean(obj.item())
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):
+        return json_safe(obj.item())
     return obj
 
 
@@ -52,7 +60,7 @@ class MetricsLog:
         if self._f is None:
             return
         try:
-            self._f.write(json.dumps(_clean(row)) + "\n")
+            self._f.write(json.dumps(json_safe(row)) + "\n")
             self._f.flush()
         except OSError as e:
             raise LumiError(f"cannot append to {self.path}: {e.strerror or e}; free disk space or fix "
