@@ -105,6 +105,7 @@ def test_terminal_table(comparison):
     out = buf.getvalue()
     assert "base" in out and "2.0500 ± 0.0500" in out and "-0.0250 [" in out
     assert "idea vs base:" in out and "2 of 2 seeds favour the arm" in out
+    assert "EXCLUDED from the pairing: seed 2 failed" in out  # the verdict says what it did not see
 
 
 def test_missing_run_dirs_are_reported_not_fatal(tmp_path):

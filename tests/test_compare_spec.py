@@ -196,3 +196,23 @@ def test_changing_the_baseline_changes_flops_matched_runs(tmp_path):
         open_comparison_dir(spec(match="flops", baseline="llama:nano+mlp=relu2"), comp, force=False)
     _write_yaml(comp / "compare.yaml", {"spec": spec().to_dict()})
     assert open_comparison_dir(spec(baseline="llama:nano+mlp=relu2"), comp, force=False) is not None
+
+
+def test_a_child_killed_outright_is_recorded_as_failed_with_its_log(tmp_path):
+    import json
+
+    from lumi.compare.comparison import _mark_killed, _status
+    from lumi.compare.runner import RunJob
+
+    run = tmp_path / "runs" / "a" / "seed-0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"status": "running", "steps": 3}))
+    job = RunJob("a", 0, run, tmp_path / "cfg.yaml", tmp_path / "logs" / "a" / "seed-0.log", returncode=-9)
+    _mark_killed(job, log=lambda _: None)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["steps"] == 3
+    assert "killed by signal 9" in summary["error"] and str(job.log_path) in summary["error"]
+    # Ctrl-C (exit 130) before the child wrote its status is not a failure: the next run resumes it.
+    (run / "summary.json").write_text(json.dumps({"status": "running"}))
+    _mark_killed(RunJob("a", 0, run, job.config_path, job.log_path, returncode=130), log=lambda _: None)
+    assert _status(run) == "running"
