@@ -1,170 +1,200 @@
-"""The leak catcher: logits at position t may depend on tokens 0..t only.
+"""The leak catcher: logits at position t may depend on tokens 0..t of their own sequence only.
 
-Two independent probes, because each misses leaks the other catches:
+Three check rows, each running one probe of `lumi.check.probes` under every condition a leak hides
+behind (docs/plugins.md, "Mistakes Lumi catches"):
 
-- perturbation: for every cut t, replace all tokens after t with different random tokens and
-  require the logits at positions <= t to stay put (float tolerance). Probing every t, at two
-  lengths (T and T+3), covers every patch/chunk boundary of patch models.
-- gradient: the gradient of logits[:, t] with respect to the input-embedding output at any
-  position > t must be exactly zero. This catches leaks too small for the perturbation
-  tolerance (a future token mixed in with weight 1e-7).
+- weights: the initialisation, every parameter re-drawn at random (zero-initialised gates open),
+  and the weights after the overfit check's training;
+- mode: eval with autograd off (the inference path) and train with autograd on (the training path);
+- lengths: T and T+3, a long length (256), the model's maximum context, and any asked for; every
+  cut at short lengths, block boundaries plus a sample at long ones;
+- batch: many rows per forward, and (perturbation) single sequences too.
+
+The first leaking condition is reported with the length, the cut and the position.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 from torch import nn
 
+from lumi.check import probes
 from lumi.check.context import CheckContext, forward_logits
+from lumi.check.probes import PERTURBATION_ATOL, Condition, ProbeResult
 from lumi.check.report import CheckResult
 
-PERTURBATION_ATOL = 1e-5  # absolute, on fp32 logits
+# Tokens pushed through the model per (length, condition): bounds the cuts probed at long lengths.
+PROBE_TOKENS = 1 << 13
+ROWS = 64  # cuts per forward/backward (fewer when the logits would not fit MAX_LOGIT_ELEMENTS)
+SINGLE_CUTS = 4  # batch-1 perturbation cuts per length (one forward each)
+RANDOMISED_SCALES = (1.0, 0.25, 0.0625)  # tried in turn until the randomised model's logits are finite
+
+MODES = (("eval", False), ("train", True))  # (mode, autograd): the inference path and the training path
+
+__all__ = ["PERTURBATION_ATOL", "check_batch", "check_gradient", "check_perturbation"]
 
 
-def _perturb_after(tokens: torch.Tensor, t: int, vocab_size: int, g: torch.Generator) -> torch.Tensor:
-    """Copy of ``tokens`` whose positions > t all hold a different token."""
-    out = tokens.clone()
-    tail = out[:, t + 1:]
-    shift = torch.randint(1, vocab_size, tail.shape, generator=g)
-    out[:, t + 1:] = (tail + shift) % vocab_size
-    return out
+@dataclass
+class _Weights:
+    name: str
+    model: nn.Module | None
+    note: str | None = None  # why this weight set was not probed, or how it was made
+
+
+def _weight_sets(ctx: CheckContext) -> list[_Weights]:
+    """The initialised model, a randomised one (every path active) and the overfit-trained one."""
+    sets = [_Weights("init", ctx.build())]
+    for scale in RANDOMISED_SCALES:
+        model = ctx.build()
+        probes.randomise_parameters(model, seed=ctx.seed * 1000 + 7, scale=scale)
+        if _finite(ctx, model):
+            sets.append(_Weights("randomised", model, None if scale == 1.0 else f"randomised at scale {scale:g}"))
+            break
+    else:
+        sets.append(_Weights("randomised", None, "randomised weights give non-finite logits at every scale tried"))
+    run = ctx.overfit()
+    if run.error is None and _finite(ctx, run.model):
+        sets.append(_Weights("trained", run.model))
+    else:
+        sets.append(_Weights("trained", None, "the overfit training did not give finite logits"))
+    return sets
+
+
+def _finite(ctx: CheckContext, model: nn.Module) -> bool:
+    model.eval()
+    with torch.no_grad():
+        out = forward_logits(model, ctx.tokens(1, ctx.seq_len, stream=5), ctx.vocab_size)
+    return bool(torch.isfinite(out).all())
+
+
+def _forward(ctx: CheckContext) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    return lambda model, x: forward_logits(model, x, ctx.vocab_size)
+
+
+@dataclass
+class _Outcome:
+    """What one row saw over all conditions and lengths."""
+
+    probes_run: int = 0
+    worst: float = 0.0
+    leak: str | None = None
+    counts: str = ""
+    skipped: list[str] | None = None
+    not_applicable: bool = False
+
+
+def _run_row(ctx: CheckContext, kind: str) -> tuple[_Outcome, list[int], list[str]]:
+    """Probe ``kind`` under every weight set x mode x length; stop after the first leaking condition."""
+    lengths, skipped = ctx.probe_lengths()
+    skipped = list(skipped)
+    out = _Outcome()
+    forward = _forward(ctx)
+    failed_lengths: set[int] = set()
+    weight_sets = _weight_sets(ctx)
+    skipped += [w.note for w in weight_sets if w.model is None and w.note]
+    for w in weight_sets:
+        if w.model is None:
+            continue
+        for mode, grad in MODES:
+            if kind == "gradient":
+                grad = True  # a gradient needs autograd; the mode still switches train/eval paths
+            per_length: list[tuple[int, ProbeResult]] = []
+            for T in lengths:
+                if T in failed_lengths:
+                    continue
+                try:
+                    results = _probe(ctx, kind, w, mode, grad, T, forward)
+                except Exception as e:  # a forward that fails at a long length is not a leak
+                    if T <= ctx.seq_len + 3:
+                        raise
+                    failed_lengths.add(T)
+                    skipped.append(f"T={T} (forward raised {type(e).__name__}: {str(e).splitlines()[0][:80]}; "
+                                   "declare max_context() if the model has a maximum length)")
+                    continue
+                for r in results:
+                    if not r.applicable:
+                        out.not_applicable = True
+                        return out, lengths, skipped
+                    out.probes_run += r.probed
+                    out.worst = max(out.worst, r.worst)
+                    per_length.append((T, r))
+            first = next((r.first for _, r in per_length if r.first is not None), None)
+            if first is not None:
+                out.leak = first.message()
+                # Counts per length for the same kind of pass (batched cuts, or single sequences).
+                same = [(T, r) for T, r in per_length if (r.batch > 1) == (first.condition.batch > 1)]
+                what = "cuts" if kind != "batch" else "probes"
+                out.counts = ", ".join(f"{r.leaking} of {r.probed} {what} leak at T={T}" for T, r in same
+                                       if r.probed)
+                out.skipped = skipped
+                return out, lengths, skipped
+    out.skipped = skipped
+    return out, [T for T in lengths if T not in failed_lengths], skipped
+
+
+def _probe(ctx: CheckContext, kind: str, w: _Weights, mode: str, grad: bool, T: int,
+           forward: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> list[ProbeResult]:
+    assert w.model is not None
+    device = torch.device("cpu")
+    seed = ctx.seed * 1000 + 300 + T
+    if kind == "batch":
+        if T != ctx.seq_len:
+            return []
+        cond = Condition(w.name, mode, grad, probes.BATCH_ROWS)
+        return [probes.probe_batch(w.model, forward, T, ctx.vocab_size, cond, seed, device)]
+    cuts = probes.select_cuts(T, max(1, PROBE_TOKENS // T), seed)
+    rows = max(1, min(ROWS, len(cuts), probes.rows_per_pass(T, ctx.vocab_size)))
+    cond = Condition(w.name, mode, grad, rows)
+    if kind == "gradient":
+        return [probes.probe_gradient(w.model, forward, T, ctx.vocab_size, cuts, cond, seed, device)]
+    results = [probes.probe_perturbation(w.model, forward, T, ctx.vocab_size, cuts, cond, seed, device)]
+    if not grad:  # single sequences too: a leak may depend on the batch size
+        single = probes.select_cuts(T, SINGLE_CUTS, seed + 1) if T - 1 > SINGLE_CUTS else cuts
+        results.append(probes.probe_perturbation(w.model, forward, T, ctx.vocab_size, single,
+                                                 Condition(w.name, mode, grad, 1), seed, device))
+    return results
+
+
+def _lengths_text(ctx: CheckContext, lengths: list[int]) -> str:
+    parts = []
+    for T in lengths:
+        n = len(probes.select_cuts(T, max(1, PROBE_TOKENS // T), 0))
+        parts.append(f"{T}" if n == T - 1 else f"{T} ({n} of {T - 1} cuts: block boundaries first)")
+    return "T=" + ", ".join(parts)
+
+
+def _result(ctx: CheckContext, name: str, kind: str, passed_what: str) -> CheckResult:
+    out, lengths, skipped = _run_row(ctx, kind)
+    if out.not_applicable:
+        return CheckResult(name, True, "n/a: model has no input embedding (nn.Embedding fed the tokens); "
+                           "the perturbation and batch rows cover causality", skipped=True)
+    if out.leak is not None:
+        return CheckResult(name, False, f"{out.leak}; {out.counts}", value=out.worst)
+    modes = "eval and train mode" if kind == "gradient" else "eval mode (grad off) and train mode (grad on)"
+    where = _lengths_text(ctx, lengths) if kind != "batch" else f"T={ctx.seq_len}"
+    detail = f"{passed_what} at {where}, init / randomised / trained weights, {modes}"
+    if kind == "perturbation":
+        detail += f"; max |Δlogit| {out.worst:.1e} (tolerance {PERTURBATION_ATOL:g} x max(1, |logit|))"
+    if skipped:
+        detail += "; skipped: " + "; ".join(skipped)
+    return CheckResult(name, True, detail, value=out.worst)
 
 
 def check_perturbation(ctx: CheckContext) -> CheckResult:
-    name = "causality_perturbation"
-    model = ctx.build().eval()
-    v = ctx.vocab_size
-    worst = 0.0
-    lengths = ctx.causal_lengths()
-    first_leak: tuple[int, int, int, float] | None = None  # (T, cut t, leaking position, |delta|)
-    leak_counts: dict[int, int] = {}
-    with torch.no_grad():
-        for stream, T in enumerate(lengths):
-            x = ctx.tokens(ctx.batch_size, T, stream=10 + stream)
-            ref = forward_logits(model, x, v)
-            if not torch.isfinite(ref).all():
-                return CheckResult(name, False, f"logits are not finite at T={T} (cannot judge causality)")
-            g = torch.Generator().manual_seed(ctx.seed * 1000 + 20 + stream)
-            leaks = 0
-            for t in range(T - 1):
-                out = forward_logits(model, _perturb_after(x, t, v, g), v)
-                per_pos = (out[:, : t + 1] - ref[:, : t + 1]).abs().amax(dim=(0, 2))  # [t+1]
-                bad = ~(per_pos <= PERTURBATION_ATOL)  # NaN counts as a leak
-                m = float(per_pos.nan_to_num(float("inf")).max())
-                worst = max(worst, m)
-                if bad.any():
-                    leaks += 1
-                    if first_leak is None:
-                        p = int(bad.nonzero()[0, 0])
-                        first_leak = (T, t, p, float(per_pos[p]))
-            leak_counts[T] = leaks
-    lens = " and ".join(f"T={T}" for T in lengths)
-    if first_leak is not None:
-        T, t, p, d = first_leak
-        counts = ", ".join(f"{leak_counts[L]} of {L - 1} cuts leak at T={L}" for L in lengths)
-        return CheckResult(
-            name, False,
-            f"LEAK at position {p}: changing the tokens after position t={t} (T={T}) changed the logits at "
-            f"position {p} by {d:.3g} (tolerance {PERTURBATION_ATOL:g} abs); {counts}",
-            value=worst,
-        )
-    return CheckResult(
-        name, True,
-        f"logits at positions <= t unchanged for every cut t in 0..T-2 at {lens} "
-        f"(max |Δlogit| {worst:.1e}, tolerance {PERTURBATION_ATOL:g} abs)",
-        value=worst,
-    )
-
-
-def _capture_input_embeddings(model: nn.Module, tokens: torch.Tensor):
-    """Forward hooks that swap the output of every nn.Embedding fed the token tensor for a leaf
-    tensor we can differentiate with respect to (same values, so the forward is unchanged)."""
-    captured: list[torch.Tensor] = []
-
-    def fed_the_tokens(x) -> bool:  # the token tensor itself, or a copy/cast of it
-        return (isinstance(x, torch.Tensor) and x.shape == tokens.shape and not x.is_floating_point()
-                and torch.equal(x.to(tokens.dtype), tokens))
-
-    def hook(module, inputs, output):
-        if inputs and fed_the_tokens(inputs[0]) and isinstance(output, torch.Tensor) and output.is_floating_point():
-            leaf = output.detach().requires_grad_(True)
-            captured.append(leaf)
-            return leaf.clone()  # a non-leaf copy, so in-place edits inside the model stay legal
-        return None
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Embedding)]
-    return captured, handles
-
-
-GRADIENT_SAMPLES = 8  # positions probed at the second length (every position at the first)
-
-
-def _gradient_positions(T: int, every: bool, g: torch.Generator) -> list[int]:
-    """Every t in 0..T-2, or a sample: 0, 1, the middle, T-3, T-2 and random others."""
-    if every or T - 1 <= GRADIENT_SAMPLES:
-        return list(range(T - 1))
-    fixed = {0, 1, (T - 1) // 2, T - 3, T - 2}
-    rest = [t for t in torch.randperm(T - 1, generator=g).tolist() if t not in fixed]
-    return sorted(fixed | set(rest[: GRADIENT_SAMPLES - len(fixed)]))
+    return _result(ctx, "causality_perturbation", "perturbation",
+                   "changing the tokens after cut t leaves the logits at positions <= t unchanged for every "
+                   "cut probed (batches of cuts and single sequences)")
 
 
 def check_gradient(ctx: CheckContext) -> CheckResult:
-    name = "causality_gradient"
-    model = ctx.build().eval()
-    v = ctx.vocab_size
-    lengths = ctx.causal_lengths()
-    first_leak: tuple[int, int, int, float] | None = None
-    leak_counts: dict[int, tuple[int, int]] = {}  # T -> (leaking, probed)
-    n_emb = 0
-    for stream, T in enumerate(lengths):
-        x = ctx.tokens(ctx.batch_size, T, stream=30 + stream)
-        captured, handles = _capture_input_embeddings(model, x)
-        try:
-            with torch.enable_grad():
-                logits = forward_logits(model, x, v)
-        finally:
-            for h in handles:
-                h.remove()
-        if not captured:
-            return CheckResult(name, True, "n/a: model has no input embedding (nn.Embedding fed the tokens); "
-                               "the perturbation row covers causality", skipped=True)
-        if not logits.requires_grad:
-            return CheckResult(name, False, "logits do not depend on the input embedding (no gradient path)")
-        n_emb = len(captured)
-        g = torch.Generator().manual_seed(ctx.seed * 1000 + 40 + stream)
-        leaks = probed = 0
-        for t in _gradient_positions(T, every=stream == 0, g=g):
-            # A random projection of logits[:, t] so no direction can cancel out.
-            r = torch.randn(ctx.batch_size, v, generator=g)
-            grads = torch.autograd.grad((logits[:, t].float() * r).sum(), captured, retain_graph=True,
-                                        allow_unused=True)
-            per_pos = torch.zeros(T - t - 1)
-            for gr in grads:
-                if gr is not None:
-                    per_pos = torch.maximum(per_pos, gr[:, t + 1:].abs().flatten(2).amax(dim=(0, 2)).nan_to_num(1.0))
-            bad = per_pos != 0
-            probed += 1
-            if bad.any():
-                leaks += 1
-                if first_leak is None:
-                    p = int(bad.nonzero()[0, 0])
-                    first_leak = (T, t, t + 1 + p, float(per_pos[p]))
-        leak_counts[T] = (leaks, probed)
-        del logits
-    lens = f"T={lengths[0]}" + "".join(f" (and {GRADIENT_SAMPLES} positions incl. 0, middle, T-2 at T={L})"
-                                       for L in lengths[1:])
-    if first_leak is not None:
-        T, t, p, d = first_leak
-        counts = ", ".join(f"{leak_counts[L][0]} of {leak_counts[L][1]} probed positions leak at T={L}" for L in lengths)
-        return CheckResult(
-            name, False,
-            f"LEAK at position {t}: the gradient of the logits at position {t} (T={T}) w.r.t. the input "
-            f"embedding at future position {p} is {d:.3g} (must be exactly 0); {counts}",
-            value=d,
-        )
-    what = "input embedding" if n_emb == 1 else f"{n_emb} input embeddings"
-    return CheckResult(
-        name, True,
-        f"d logits[t] / d {what}[>t] == 0 exactly for every t in 0..T-2 at {lens}",
-        value=0.0,
-    )
+    return _result(ctx, "causality_gradient", "gradient",
+                   "d logits[<= t] / d input embedding[> t] == 0 exactly for every cut t probed")
+
+
+def check_batch(ctx: CheckContext) -> CheckResult:
+    return _result(ctx, "causality_batch", "batch",
+                   f"the logits of a sequence do not depend on the other {probes.BATCH_ROWS - 1} sequences of "
+                   "its batch (value, and exact-zero gradient with grad on)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -10,12 +10,27 @@ import torch.nn.functional as F
 
 from lumi.models.base import LumiModel
 
-# Config fields that cap the context length a model accepts (learned position tables etc.).
-_MAX_LEN_FIELDS = ("max_seq_len", "block_size", "context_length", "max_position_embeddings")
-
-
 class ContractViolation(Exception):
     """The model broke the forward contract (wrong output type or shape)."""
+
+
+# Default causality probe lengths beyond the short ones: a long sequence, and the model's declared
+# maximum context up to this cap (a forward at a much longer length costs more than the whole check).
+LONG_PROBE_LEN = 256
+MAX_PROBE_LEN = 1024
+
+
+@dataclass
+class OverfitRun:
+    """The overfit check's training on one batch; its trained model is also probed for leaks."""
+
+    model: LumiModel
+    lr: float
+    steps: int  # the maximum
+    used: int  # steps taken
+    start_loss: float
+    final_loss: float
+    error: str | None = None  # a non-finite loss while training
 
 
 @dataclass
@@ -27,6 +42,8 @@ class CheckContext:
     seed: int
     vocab_size: int
     max_len: int | None = None
+    extra_lengths: tuple[int, ...] = ()  # causality probe lengths asked for on top of the defaults
+    _overfit: OverfitRun | None = field(default=None, repr=False)
 
     def build(self, seed: int | None = None) -> LumiModel:
         """A freshly initialised model (every check gets its own, so training one leaves the rest alone)."""
@@ -38,21 +55,43 @@ class CheckContext:
         g = torch.Generator().manual_seed(self.seed * 1000 + stream)
         return torch.randint(0, self.vocab_size, (batch, length), generator=g)
 
-    def causal_lengths(self) -> list[int]:
-        """T and T+3: patch/chunk sizes 2..8 divide at most one of them, so boundaries fall differently."""
-        lengths = [self.seq_len, self.seq_len + 3]
-        if self.max_len is not None and lengths[1] > self.max_len:
-            lengths[1] = max(2, self.seq_len - 3)
-        return sorted(set(lengths))
+    def probe_lengths(self) -> tuple[list[int], list[str]]:
+        """Causality probe lengths and notes on the ones skipped.
+
+        T and T+3 (patch/chunk sizes 2..8 divide at most one of them, so boundaries fall differently),
+        a long length (LONG_PROBE_LEN) where leaks that start late show up, the model's maximum context
+        (capped at MAX_PROBE_LEN), and any lengths asked for. Lengths above the model's declared maximum
+        are skipped with a note.
+        """
+        wanted = [self.seq_len, self.seq_len + 3, LONG_PROBE_LEN, *self.extra_lengths]
+        if self.max_len is not None:
+            wanted.append(min(self.max_len, MAX_PROBE_LEN))
+        lengths, skipped = [], []
+        for T in sorted(set(wanted)):
+            if self.max_len is not None and T > self.max_len:
+                if T in self.extra_lengths:
+                    skipped.append(f"T={T} (above the model's maximum context {self.max_len})")
+                elif T == self.seq_len + 3:
+                    lengths.append(max(2, self.seq_len - 3))
+                continue
+            lengths.append(T)
+        return sorted(set(lengths)), skipped
+
+    def overfit(self) -> OverfitRun:
+        """Train a fresh model on one batch (once per context; the overfit check and the trained-weights
+        causality probes share it)."""
+        if self._overfit is None:
+            from lumi.check.training import train_on_one_batch
+
+            self._overfit = train_on_one_batch(self)
+        return self._overfit
 
 
 def max_len_of(model: LumiModel) -> int | None:
-    cfg = getattr(model, "config", None)
-    for name in _MAX_LEN_FIELDS:
-        v = getattr(cfg, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
+    """The model's declared maximum context (``LumiModel.max_context``); None for any length."""
+    if isinstance(model, LumiModel):
+        return model.max_context()
+    return LumiModel.max_context(model)  # duck-typed models with a ``config``
 
 
 def forward_logits(model: LumiModel, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:

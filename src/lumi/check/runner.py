@@ -41,6 +41,7 @@ CHECKS: dict[str, Check] = {c.name: c for c in [
     Check("shape", "output shape", check_shape),
     Check("causality_perturbation", "causality: perturbation", causality.check_perturbation),
     Check("causality_gradient", "causality: gradient", causality.check_gradient),
+    Check("causality_batch", "causality: batch independence", causality.check_batch),
     Check("initial_loss", "initial loss ≈ ln V", training.check_initial_loss),
     Check("overfit", "overfit one batch", training.check_overfit),
     Check("finite_grads", "finite gradients", training.check_finite_grads),
@@ -51,7 +52,7 @@ CHECKS: dict[str, Check] = {c.name: c for c in [
 ]}
 
 # Shorthands accepted by `only=` / `--only`.
-CHECK_GROUPS = {"causality": ["causality_perturbation", "causality_gradient"]}
+CHECK_GROUPS = {"causality": ["causality_perturbation", "causality_gradient", "causality_batch"]}
 
 
 def select_checks(only: list[str] | None) -> list[str]:
@@ -78,11 +79,14 @@ def check_model(
     seed: int = 0,
     only: list[str] | None = None,
     threads: int | None = 1,
+    extra_lengths: tuple[int, ...] | list[int] = (),
 ) -> CheckReport:
     """Run the contract checks on models built by ``model_factory`` (called under torch.manual_seed).
 
     Every check builds its own fresh model. A check that raises is reported as failed with the
     exception (a LumiError — bad user input — propagates). The caller's RNG state is preserved.
+    ``extra_lengths`` are probed for causality on top of the defaults (T, T+3, 256, the model's
+    maximum context), e.g. the lengths a run trains and evaluates at.
     The checked instances are tiny, so by default they run on one thread: more threads only add
     synchronisation overhead there, and oversubscribe a busy machine badly. ``threads=None`` keeps
     torch's setting.
@@ -92,13 +96,16 @@ def check_model(
         raise LumiError(f"--seq-len must be >= 4 for the causality checks, got {seq_len}")
     if batch_size < 1:
         raise LumiError(f"batch_size must be >= 1, got {batch_size}")
+    bad = [L for L in extra_lengths if int(L) < 2]
+    if bad:
+        raise LumiError(f"probe lengths must be >= 2, got {bad[0]}")
     start = time.perf_counter()
     report = CheckReport(model=label, preset=preset)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        _run_all(model_factory, label, seq_len, batch_size, seed, names, report)
+        _run_all(model_factory, label, seq_len, batch_size, seed, names, report, tuple(int(L) for L in extra_lengths))
     finally:
         torch.set_num_threads(old_threads)
     report.seconds = time.perf_counter() - start
@@ -106,7 +113,7 @@ def check_model(
 
 
 def _run_all(model_factory: Callable[[], LumiModel], label: str, seq_len: int, batch_size: int, seed: int,
-             names: list[str], report: CheckReport) -> None:
+             names: list[str], report: CheckReport, extra_lengths: tuple[int, ...]) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -122,7 +129,7 @@ def _run_all(model_factory: Callable[[], LumiModel], label: str, seq_len: int, b
         max_len = max_len_of(probe)
         if max_len is not None and seq_len > max_len:
             raise LumiError(f"--seq-len {seq_len} exceeds the model's maximum context {max_len}")
-        ctx = CheckContext(model_factory, label, seq_len, batch_size, seed, vocab, max_len)
+        ctx = CheckContext(model_factory, label, seq_len, batch_size, seed, vocab, max_len, extra_lengths)
         del probe
         for name in names:
             try:
@@ -142,6 +149,7 @@ def run_checks(
     seq_len: int = 32,
     seed: int = 0,
     only: list[str] | None = None,
+    extra_lengths: tuple[int, ...] | list[int] = (),
 ) -> CheckReport:
     """Check a registered model (preset + overrides resolved exactly as training would)."""
     from lumi.models.registry import get_spec, make_config
@@ -153,7 +161,8 @@ def run_checks(
     def factory() -> LumiModel:
         return spec.cls(copy.deepcopy(config))
 
-    return check_model(factory, label=label, preset=preset, seq_len=seq_len, seed=seed, only=only)
+    return check_model(factory, label=label, preset=preset, seq_len=seq_len, seed=seed, only=only,
+                       extra_lengths=extra_lengths)
 
 
 def _describe(e: BaseException) -> str:

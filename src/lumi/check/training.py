@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from lumi.check.context import CheckContext, aux_loss_sum, forward_logits, lm_loss
+from lumi.check.context import CheckContext, OverfitRun, aux_loss_sum, forward_logits, lm_loss
 from lumi.check.report import CheckResult
 
 INITIAL_LOSS_MARGIN = 0.25  # |loss - ln V| < 0.25 ln V on uniform random tokens
@@ -30,23 +30,24 @@ def check_initial_loss(ctx: CheckContext) -> CheckResult:
     return CheckResult("initial_loss", ok, detail, value=loss)
 
 
-def check_overfit(ctx: CheckContext) -> CheckResult:
+def train_on_one_batch(ctx: CheckContext) -> OverfitRun:
+    """Adam on one batch until memorised (or the step limit): the overfit check's training."""
     model = ctx.build().train()
     steps = int(getattr(model, "check_overfit_steps", OVERFIT_STEPS))
     lr = float(getattr(model, "check_overfit_lr", OVERFIT_LR))
     x = ctx.tokens(ctx.batch_size, ctx.seq_len, stream=60)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    ln_v = math.log(ctx.vocab_size)
-    target = OVERFIT_FRACTION * ln_v
-    start, used = None, 0
+    target = OVERFIT_FRACTION * math.log(ctx.vocab_size)
+    start, used, error = math.nan, 0, None
     for used in range(1, steps + 1):
         logits = forward_logits(model, x, ctx.vocab_size)
         ce = lm_loss(logits, x)
         loss = ce + aux_loss_sum(model)
-        if start is None:
+        if used == 1:
             start = float(ce.detach())
         if not torch.isfinite(loss):
-            return CheckResult("overfit", False, f"loss became {float(loss.detach())} while overfitting one batch (lr {lr:g})")
+            error = f"loss became {float(loss.detach())} while overfitting one batch (lr {lr:g})"
+            break
         if float(ce.detach()) < 0.5 * target:  # clearly memorised: stop early to keep the check fast
             break
         opt.zero_grad(set_to_none=True)
@@ -55,12 +56,21 @@ def check_overfit(ctx: CheckContext) -> CheckResult:
     model.eval()
     with torch.no_grad():
         final = float(lm_loss(forward_logits(model, x, ctx.vocab_size), x))
-    ok = final < target
-    detail = (f"one batch {ctx.batch_size}x{ctx.seq_len}, Adam lr {lr:g}, {used} of max {steps} steps: loss "
-              f"{start:.3f} -> {final:.3f}; must fall below {OVERFIT_FRACTION:g} x ln V = {target:.2f}")
+    return OverfitRun(model, lr, steps, used, start, final, error)
+
+
+def check_overfit(ctx: CheckContext) -> CheckResult:
+    run = ctx.overfit()
+    if run.error is not None:
+        return CheckResult("overfit", False, run.error)
+    target = OVERFIT_FRACTION * math.log(ctx.vocab_size)
+    ok = run.final_loss < target
+    detail = (f"one batch {ctx.batch_size}x{ctx.seq_len}, Adam lr {run.lr:g}, {run.used} of max {run.steps} steps: "
+              f"loss {run.start_loss:.3f} -> {run.final_loss:.3f}; must fall below {OVERFIT_FRACTION:g} x ln V = "
+              f"{target:.2f}")
     if not ok:
         detail += " (a model that cannot memorise one batch is not learning; set check_overfit_steps/_lr if it needs more)"
-    return CheckResult("overfit", ok, detail, value=final)
+    return CheckResult("overfit", ok, detail, value=run.final_loss)
 
 
 def check_finite_grads(ctx: CheckContext) -> CheckResult:

@@ -26,6 +26,10 @@ import torch
 from torch import nn
 
 
+# Config fields that cap the context length a model accepts (learned position tables etc.).
+MAX_CONTEXT_FIELDS = ("max_seq_len", "block_size", "context_length", "max_position_embeddings")
+
+
 @dataclass
 class ModelConfig:
     """Fields every model config has. Subclasses add their own (flat, litgpt-style)."""
@@ -88,6 +92,19 @@ class LumiModel(nn.Module):
     def param_counts(self) -> ParamCounts:
         total = sum(p.numel() for p in self.parameters())
         return ParamCounts(total=total, non_embedding=total - self.embedding_params(), active=total)
+
+    def max_context(self) -> int | None:
+        """The longest sequence ``forward`` accepts, or None when any length works (RoPE, recurrences).
+
+        Default: the first positive int among the config fields that conventionally cap the context
+        (learned position tables). ``lumi check`` probes causality up to this length and skips longer
+        probes with a note; ``lumi generate`` stops using a cache beyond it.
+        """
+        for name in MAX_CONTEXT_FIELDS:
+            v = getattr(getattr(self, "config", None), name, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+        return None
 
     def flops_per_token(self, seq_len: int) -> float:  # pragma: no cover - abstract
         """Analytic training FLOPs (forward + backward = 3x forward) per token."""
