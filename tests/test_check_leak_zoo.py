@@ -31,8 +31,8 @@ EXISTING = ["leaky_patch", "leaky_bytepatch", "leaky_shifted_mask"]
 @pytest.fixture
 def clean_registry(monkeypatch):
     """Plugins registered by a test vanish afterwards (other tests list the registry)."""
+    registry._load_builtins()  # before the copy: restoring a registry copied earlier would drop the built-ins
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    registry._load_builtins()
 
 
 @pytest.mark.parametrize("name", NEW + EXISTING)

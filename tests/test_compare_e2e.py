@@ -46,7 +46,7 @@ class Toy(lumi.LumiModel):
     config_class = ToyConfig
     check_overfit_steps = 150
     check_overfit_lr = 2e-2
-    crash_after = None  # training forwards with a batch of >= 8 (the checks use 2 and 4) before raising
+    crash_after = None  # training forwards with the training batch of 8 (no check uses 8 rows) before raising
 
     def __init__(self, config):
         super().__init__(config)
@@ -59,7 +59,7 @@ class Toy(lumi.LumiModel):
         self.calls = 0
 
     def forward(self, tokens):
-        if self.crash_after is not None and self.training and tokens.shape[0] >= 8:
+        if self.crash_after is not None and self.training and tokens.shape[0] == 8:
             self.calls += 1
             if self.calls > self.crash_after:
                 raise RuntimeError(f"simulated crash in forward at training step {self.calls}")
@@ -194,10 +194,15 @@ def test_crashing_arm_and_leaky_arm(corpus, tmp_path, capsys):
     assert crash["status"] == "failed" and "simulated crash" in crash["error"]
     assert arms["crashy:tiny"]["vs_baseline"]["verdict"] == "not enough seeds"
     peek = arms["peek:tiny"]
-    assert peek["check_passed"] is False and peek["runs"][0]["status"] == "completed"
+    # Trained to the end, but its final weights fail the causality audit: LEAK, never paired, no verdict.
+    assert peek["check_passed"] is False and peek["runs"][0]["status"] == "LEAK"
+    assert peek["runs"][0]["usable"] is False and peek["runs"][0]["causality_audit"]["passed"] is False
+    assert peek["vs_baseline"]["verdict"] == "no verdict (LEAK)" and not peek["vs_baseline"]["clears_threshold"]
     assert "suspicious" in [d["label"] for d in peek["runs"][0]["diagnoses"]]
     notes = "\n".join(results["notes"])
     assert "crashy:tiny seed 0: failed" in notes and "peek:tiny: failed lumi check" in notes
+    assert "peek:tiny seed 0: LEAK, excluded from every verdict: audit of the trained weights: LEAK at" in notes
     md = (out / "report.md").read_text()
     assert "| crashy:tiny | 0 | failed |" in md and "suspicious" in md
+    assert "peek:tiny vs llama:nano: no verdict (LEAK)" in md
     assert arms["peek:tiny"]["check"]["results"][1]["name"] == "causality_perturbation"

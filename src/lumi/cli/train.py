@@ -35,6 +35,11 @@ Seeds: --seed sets both the initialisation and the data order; train.init_seed /
 override one of them. The same seed on the same machine reproduces a CPU run bit for bit, and two
 models with the same seed, seq_len and batch size see exactly the same batches.
 
+Causality: before training, the initialised model and a randomised copy (every gate open) are probed
+for leaks at train.seq_len; a leak stops here, before anything is written (--allow-leaky trains it
+anyway). After training, the final weights are audited the same way; the result is in summary.json
+(causality_audit, and leak: why the run's BPB is not trustworthy) and a leaking run exits with 1.
+
 Ctrl-C (or SIGTERM) finishes the step, writes a checkpoint and marks the run interrupted; a run
 killed outright continues from its last checkpoint with --resume and ends exactly as if never stopped.
 Multi-process: torchrun --nproc_per_node N -m lumi train ... (DDP; see docs/training.md).
@@ -71,6 +76,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--name", help="run name (default <model>-<preset>-<timestamp>); the run goes to runs/<name>")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted or killed run from its checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
+    p.add_argument("--allow-leaky", action="store_true",
+                   help="train even when the pre-training causality probe finds a leak (the run is marked LEAK)")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -115,6 +122,8 @@ def build_config(args: argparse.Namespace):
             cfg.model.files.append(path)
     if args.name:
         cfg.name = args.name
+    if getattr(args, "allow_leaky", False):
+        cfg.train.allow_leaky = True
     cfg.validate("command line")
     return cfg
 
@@ -140,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
             print_json(summary)
         else:
             print_summary(summary)
+    if summary.get("leak"):
+        return 1
     return {"completed": 0, "interrupted": 130, "diverged": 1}.get(summary["status"], 1)
 
 
@@ -186,3 +197,9 @@ def print_summary(s: dict[str, Any]) -> None:
               f"documents {p['documents']})")
     if s.get("unigram_val_bpb") is not None:
         print(f"  unigram baseline val BPB {s['unigram_val_bpb']:.4f}")
+    audit = s.get("causality_audit")
+    if s.get("leak"):
+        print(f"  LEAK — this BPB is not trustworthy: {s['leak']}")
+    elif audit:
+        print(f"  causality audit passed ({audit['probes']} probes of the trained weights at T="
+              f"{', '.join(map(str, audit['lengths']))}, {audit['seconds']:.1f}s)")

@@ -19,8 +19,9 @@ RUN_FIELDS = ("steps", "tokens", "flops", "wall_s", "train_s", "tok_per_s", "fin
 FACT_FIELDS = ("params", "non_embedding_params", "active_params", "flops_per_token")
 CURVE_FIELDS = ("step", "tokens", "flops", "elapsed_s")
 # Statuses in the order an arm's status text lists them; anything else follows.
-STATUS_ORDER = ("completed", "diverged", "failed", "interrupted", "running", "missing")
+STATUS_ORDER = ("completed", "LEAK", "diverged", "failed", "interrupted", "running", "missing")
 NOTE_STATUSES = ("failed", "diverged", "interrupted")
+LEAK = "LEAK"  # a completed run whose pre-training probe or post-training audit found a leak
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -74,6 +75,40 @@ def _descending_note(label: str, runs: list[dict[str, Any]]) -> str | None:
             f"{round(100 * TAIL_FRACTION)}% of tokens ({what}): a longer budget may change the ranking")
 
 
+def untrustworthy(arm: dict[str, Any]) -> tuple[str, str] | None:
+    """('LEAK' | 'suspicious', why) when the arm's numbers cannot support a verdict, else None.
+
+    LEAK: a causality check failed, or a run's pre-training probe or post-training audit found a leak.
+    suspicious: any other failed check, or a run diagnosed suspicious (e.g. BPB below the sanity floor).
+    """
+    check = arm.get("check") or {}
+    for r in check.get("results") or []:
+        if not r.get("passed", True) and str(r.get("name", "")).startswith("causality"):
+            return LEAK, f"lumi check {r['name']}: {r.get('detail', '')}"
+    for r in arm.get("runs", []):
+        if r.get("leak"):
+            return LEAK, f"seed {r['seed']}: {r['leak']}"
+    failed = first_failed_check(check) if arm.get("check_passed") is False else None
+    if failed:
+        return "suspicious", f"failed lumi check: {failed}"
+    for r in arm.get("runs", []):
+        for d in r.get("diagnoses", []):
+            if d.get("label") == "suspicious":
+                return "suspicious", f"seed {r['seed']}: {d.get('detail', '')}"
+    return None
+
+
+def withhold_verdict(vs: dict[str, Any], arm: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """A leaking or suspicious arm (or baseline) never gets a verdict, however good its numbers look."""
+    for who, side in ((arm, "the arm"), (baseline, "the baseline")):
+        bad = untrustworthy(who)
+        if bad is not None:
+            kind, why = bad
+            return {**vs, "verdict": f"no verdict ({kind})", "clears_threshold": False,
+                    "withheld": f"{side} {who['label']} is {kind}: {why}"}
+    return vs
+
+
 def collect_run(run_dir: Path, seed: int, check_passed: bool | None = None,
                 check_detail: str | None = None) -> dict[str, Any]:
     """One run's entry: status, numbers, diagnoses and validation curve (status 'missing' without a summary)."""
@@ -82,9 +117,12 @@ def collect_run(run_dir: Path, seed: int, check_passed: bool | None = None,
     status = str(summary.get("status") or "unknown") if summary else "missing"
     s = summary or {}
     final = as_number(s.get("final_val_bpb"))
+    leak = s.get("leak") or None
+    if leak and status == "completed":
+        status = LEAK  # trained to the end, but its BPB cannot be trusted: never paired, never a verdict
     _, evals = split_rows(rows)
     run: dict[str, Any] = {"seed": seed, "status": status, "usable": status == "completed" and final is not None,
-                           "run_dir": str(run_dir)}
+                           "run_dir": str(run_dir), "leak": leak, "causality_audit": s.get("causality_audit")}
     for key in RUN_FIELDS:
         run[key] = s.get(key)
     run["final_val_bpb"] = final
@@ -143,6 +181,9 @@ def collect_results(spec: Any, comp_dir: str | Path, checks: dict[str, Any] | No
             all_notes.append(f"{label}: no run yet for seed(s) {', '.join(map(str, missing))}")
         if failed_check is not None:
             all_notes.append(f"{label}: failed lumi check: {failed_check}")
+        for r in runs:
+            if r["leak"]:
+                all_notes.append(f"{label} seed {r['seed']}: LEAK, excluded from every verdict: {r['leak']}")
 
         arms.append({
             "label": label, "model": arm.name, "preset": arm.preset, "overrides": dict(arm.overrides),
@@ -161,7 +202,7 @@ def collect_results(spec: Any, comp_dir: str | Path, checks: dict[str, Any] | No
             continue
         values = {r["seed"]: r["final_val_bpb"] for r in a["runs"] if r["usable"]}
         vs = compare_paired(a["label"], base["label"], values, base_values, threshold=spec.threshold)
-        a["vs_baseline"] = vs.to_dict()
+        a["vs_baseline"] = withhold_verdict(vs.to_dict(), a, base)
         # The paired notes mostly start with the arm's label already; do not say it twice.
         all_notes += [n if n.startswith(f"{a['label']} ") else f"{a['label']}: {n}" for n in vs.notes]
 

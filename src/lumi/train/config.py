@@ -49,6 +49,7 @@ class OptimSection:
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
     muon_weight_decay: float = 0.0  # decoupled decay of the Muon-managed hidden matrices
+    muon_ns_steps: int = 5  # Newton–Schulz iterations per Muon step
     weight_decay: float = 0.1  # decoupled; applied to matrices (>= 2-D parameters) only
     betas: list = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
@@ -81,6 +82,12 @@ class TrainSection:
     final_eval: str = "full"  # full (whole val split) | subset (the periodic prefix) | none
     checkpoint_every_s: float | None = 60.0
     checkpoint_every_steps: int | None = None
+    # Causality probes at the training length (lumi.check.audit): before training (init + randomised
+    # weights; `lumi compare` turns it off because it runs the whole `lumi check` at that length first)
+    # and on the final weights (the result lands in summary.json).
+    causality_preflight: bool = True
+    causality_audit: bool = True
+    allow_leaky: bool = False  # train a model that fails the pre-training probe anyway (the run is marked LEAK)
 
     @property
     def resolved_init_seed(self) -> int:
@@ -157,6 +164,8 @@ class TrainConfig:
                            ("optim.min_lr_frac", o.min_lr_frac), ("optim.muon_momentum", o.muon_momentum)]:
             if not 0.0 <= value <= 1.0:
                 raise LumiError(f"{source}: {key} must be in [0, 1], got {value}")
+        if o.muon_ns_steps < 1:
+            raise LumiError(f"{source}: optim.muon_ns_steps must be >= 1, got {o.muon_ns_steps}")
         if o.warmup_steps is not None and o.warmup_steps < 0:
             raise LumiError(f"{source}: optim.warmup_steps must be >= 0 or null, got {o.warmup_steps}")
         if len(o.betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in o.betas):

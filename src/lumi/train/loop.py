@@ -14,11 +14,13 @@ the step, so kill + resume reproduces an uninterrupted run exactly.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import math
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -173,6 +175,56 @@ class _Trainer:
         self.optimizer = build_optimizer(self.model, config.optim, vocab, self.device)
         self.state = RunState()
         self.resumed_from: int | None = None
+        self.audit: dict[str, Any] | None = None
+        if t.causality_preflight and not resume:
+            self.state.extra["causality_preflight"] = self._probe_before_training()
+
+    # -- causality ---------------------------------------------------------------------------------
+    def _probe_before_training(self) -> dict[str, Any]:
+        """Probe the initialised model and a randomised copy at the training length before anything is
+        written: a leak is refused here (unless train.allow_leaky) instead of being trained for minutes."""
+        from lumi.check.audit import PREFLIGHT_TOKENS, audit_causality, randomised_copy
+
+        t = self.config.train
+        # Probe copies: train-mode forwards may update state the run owns (BatchNorm statistics, counters).
+        weights: dict[str, torch.nn.Module] = {"init": copy.deepcopy(self.model)}
+        randomised = randomised_copy(self.model, self.vocab_size, t.seq_len, seed=t.resolved_init_seed)
+        if randomised is not None:
+            weights["randomised"] = randomised
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            result = audit_causality(weights, self.vocab_size, [t.seq_len], self.device, seed=t.resolved_init_seed,
+                                     tokens=PREFLIGHT_TOKENS)
+        if not result.passed and not t.allow_leaky:
+            m = self.config.model
+            raise LumiError(f"{m.name}:{m.preset or 'custom'} leaks before any training: {result.detail}. A model that "
+                            f"sees the future has a meaningless BPB, so nothing was trained; run `lumi check "
+                            f"{m.name}` to see more, fix the model, or pass --allow-leaky (train.allow_leaky=true) "
+                            f"to train it anyway (the run is then marked LEAK)")
+        return result.to_dict()
+
+    def _audit_final_weights(self) -> None:
+        """Probe the trained weights at the training (= evaluation) length; the result goes into summary.json."""
+        from lumi.check.audit import audit_causality
+
+        t = self.config.train
+        if not (t.causality_audit and self.info.is_main):
+            return
+        result = audit_causality({"trained": copy.deepcopy(self.model)}, self.vocab_size, [t.seq_len], self.device,
+                                 seed=t.resolved_init_seed)
+        self.audit = result.to_dict()
+        if self.show_progress:
+            verdict = "passed" if result.passed else "LEAK"
+            print(f"causality audit of the trained weights: {verdict} ({result.seconds:.1f}s)"
+                  + ("" if result.passed else f" — {result.detail}"), file=sys.stderr, flush=True)
+
+    def leak_reason(self) -> str | None:
+        """Why this run is marked LEAK (a failed pre-training probe trained anyway, or a failed audit)."""
+        pre = self.state.extra.get("causality_preflight")
+        if pre and not pre.get("passed", True):
+            return f"pre-training probe: {pre.get('detail')}"
+        if self.audit and not self.audit.get("passed", True):
+            return f"audit of the trained weights: {self.audit.get('detail')}"
+        return None
 
     # -- setup ---------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
@@ -237,6 +289,7 @@ class _Trainer:
                 self._loop(stop)
             if self.status == "completed":
                 self._final_eval()
+                self._audit_final_weights()
         except BaseException as e:
             if self.status in ("running", "completed"):
                 self.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -527,6 +580,9 @@ class _Trainer:
             "error": self.error,
             "diverged_at_step": self.diverged_at,
             "resumed_from_step": self.resumed_from,
+            "causality_preflight": self.state.extra.get("causality_preflight"),
+            "causality_audit": self.audit,
+            "leak": self.leak_reason(),
         }
 
 
