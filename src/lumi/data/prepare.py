@@ -29,7 +29,7 @@ from lumi.data.paths import default_data_dir
 from lumi.data.shards import dtype_for_vocab, read_header, read_shard, ShardWriter
 from lumi.data.split import Split, split_documents
 from lumi.data.tokenizers import Tokenizer, load_tokenizer, parse_tokenizer_spec, train_tokenizer
-from lumi.errors import LumiError
+from lumi.errors import LumiError, write_error_text
 
 __all__ = ["PreparedData", "prepare", "load_prepared", "default_data_dir", "SPLITS"]
 
@@ -62,11 +62,38 @@ class PreparedData:
         return self.directory / self._split_info(split)["file"]
 
     def tokens(self, split: str) -> np.ndarray:
-        """Memory-mapped token stream of a split: for each document [sep_id, *doc_tokens]."""
+        """Memory-mapped token stream of a split: for each document [sep_id, *doc_tokens].
+
+        Opening a shard checks every id against the vocabulary (one sequential pass, ~1 ms per MB), so a
+        corrupt shard fails here with its file name instead of an IndexError in the middle of a run.
+        """
         if split not in self._tokens:
             info = self._split_info(split)
-            self._tokens[split] = read_shard(self.directory / info["file"], info["tokens"], np.dtype(info["dtype"]))
+            path = self.directory / info["file"]
+            tokens = read_shard(path, info["tokens"], np.dtype(info["dtype"]))
+            if tokens.size:
+                top = int(tokens.max())
+                if top >= self.vocab_size:
+                    at = int(np.argmax(np.asarray(tokens) >= self.vocab_size))
+                    raise LumiError(f"{path}: token id {top} (first bad id at position {at}) is outside the "
+                                    f"vocabulary of {self.vocab_size} ids; the shard is corrupt — re-run "
+                                    f"`lumi data prepare --force`")
+            self._tokens[split] = tokens
         return self._tokens[split]
+
+    def verify_hashes(self) -> None:
+        """sha256 of every shard against the manifest (reads each file once: ~0.3 s per 100 MB).
+
+        Catches corruption that stays inside the vocabulary, which the id check on open cannot see.
+        """
+        from lumi.data.download import sha256_file
+
+        for split in SPLITS:
+            info = self._split_info(split)
+            path = self.directory / info["file"]
+            if sha256_file(path) != info["sha256"]:
+                raise LumiError(f"{path}: content does not match the sha256 in {MANIFEST} (the shard was modified or "
+                                f"is corrupt); re-run `lumi data prepare --force`")
 
     def target_bytes(self, split: str) -> np.ndarray:
         """int64 UTF-8 bytes covered by the token at each position (0 at separators)."""
@@ -85,16 +112,11 @@ class PreparedData:
 
     def verify(self) -> None:
         """Full check (reads every token): file hashes, id range and exact byte totals vs the manifest."""
+        self.verify_hashes()
         for split in SPLITS:
             info = self._split_info(split)
             path = self.directory / info["file"]
-            from lumi.data.download import sha256_file
-
-            if sha256_file(path) != info["sha256"]:
-                raise LumiError(f"{path}: content does not match the sha256 in {MANIFEST}; re-run `lumi data prepare`")
-            tokens = np.asarray(self.tokens(split))
-            if tokens.size and int(tokens.max()) >= self.vocab_size:
-                raise LumiError(f"{path}: holds token id {int(tokens.max())} >= vocabulary size {self.vocab_size}")
+            tokens = np.asarray(self.tokens(split))  # checks the id range
             counted = int(self.tokenizer.token_bytes[tokens].sum())
             if counted != info["bytes"]:
                 raise LumiError(f"{path}: tokens cover {counted} bytes but the manifest says {info['bytes']}")
@@ -166,10 +188,19 @@ def prepare(corpus: str, tokenizer: str, out: Path | None = None, progress: bool
     out = Path(out) if out is not None else default_data_dir(corpus_obj.name, str(spec))
     _check_output_dir(out)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a parent is a regular file, no permission, read-only file system ...
+        raise LumiError(f"cannot create the data directory {out}: {write_error_text(e, out.parent)}") from None
     try:
         with _locked(out):
             return _prepare_locked(corpus_obj, split, str(spec), out, progress, force, log)
+    except OSError as e:  # a full disk while writing shards, tokenizer or manifest: partial outputs are removed
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise LumiError(f"writing prepared data to {out} failed: {write_error_text(e, out)}"
+                        f"{'; nothing was kept' if created else '; its manifest was removed, re-run to rebuild'}") \
+            from None
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
