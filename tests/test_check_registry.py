@@ -28,3 +28,17 @@ def test_registered_model_passes_lumi_check(name, preset):
     report = run_checks(name, preset)
     assert [r.name for r in report.results] == list(CHECKS)  # every check ran, none was dropped
     assert report.passed, report.summary()
+
+
+def test_builtin_module_list_names_every_model_file():
+    """A model file that registers an architecture but is missing from BUILTIN_MODULES would silently
+    vanish from the zoo (and from this suite's checks)."""
+    import re
+    from pathlib import Path
+
+    from lumi.models.registry import BUILTIN_MODULES
+
+    root = Path(__file__).resolve().parents[1] / "src" / "lumi" / "models"
+    registering = {f"lumi.models.{p.stem}" for p in root.glob("*.py")
+                   if p.stem != "registry" and re.search(r"^@register\(", p.read_text(), re.M)}
+    assert registering == set(BUILTIN_MODULES)
