@@ -13,7 +13,7 @@ class LumiError(Exception):
     """
 
 
-def closest(name: str, choices: "list[str] | tuple[str, ...]") -> str:
+def closest(name: str, choices: list[str] | tuple[str, ...]) -> str:
     """A ' (did you mean X?)' hint for a misspelt name, or '' when nothing is close."""
     import difflib
 
@@ -21,7 +21,7 @@ def closest(name: str, choices: "list[str] | tuple[str, ...]") -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def write_error_text(e: BaseException, where: "str | os.PathLike[str] | None" = None) -> str:
+def write_error_text(e: BaseException, where: str | os.PathLike[str] | None = None) -> str:
     """One line for a failed write: 'the disk is full' for ENOSPC (also when a library wraps it in its own
     exception, as safetensors and torch.save do: then ``where``'s free space decides), else the OS's
     message or the first line of the error."""

@@ -8,17 +8,28 @@ A model with ``new_cache()`` is decoded incrementally: the prompt once, then one
 through ``model(tokens, cache=cache)``. Any other model re-runs the full forward every step
 (cropped to its maximum context, if it has one). Under greedy decoding (temperature 0) the two
 paths must give identical tokens; the tests check it.
+
+``stream(...)`` yields the tokens one by one as they are sampled (``lumi generate`` prints them as they
+come); ``generate(...)`` returns them as a list. At most MAX_NEW_TOKENS (1,000,000) new tokens per call:
+past that a typo (an extra zero) would run for days without a KV cache, and nothing here needs more.
+
+``load_run_model`` never imports a plugin file because the run directory names it: the caller passes
+``model_files`` (``lumi generate --model-file``), checked against the run's recorded list.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
 from lumi.errors import LumiError
+
+MAX_NEW_TOKENS = 1_000_000
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -52,6 +63,10 @@ def _validate(prompt_ids: list[int], max_new_tokens: int, temperature: float, to
             raise LumiError(f"prompt token id {bad[0]} is outside the model's vocabulary [0, {vocab_size})")
     if max_new_tokens < 0:
         raise LumiError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
+    if max_new_tokens > MAX_NEW_TOKENS:
+        raise LumiError(f"--max-new-tokens must be at most {MAX_NEW_TOKENS:,}, got {max_new_tokens:,}")
+    if not math.isfinite(temperature):
+        raise LumiError(f"--temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
     if temperature < 0:
         raise LumiError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 1:
@@ -60,7 +75,6 @@ def _validate(prompt_ids: list[int], max_new_tokens: int, temperature: float, to
         raise LumiError(f"--top-p must be in (0, 1], got {top_p}")
 
 
-@torch.no_grad()
 def generate(
     model: torch.nn.Module,
     prompt_ids: Iterable[int],
@@ -73,10 +87,33 @@ def generate(
     stop_ids: Iterable[int] | None = None,
 ) -> list[int]:
     """Continue ``prompt_ids``; returns only the new token ids (stops early after a ``stop_ids`` token)."""
+    return list(stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stop_ids))
+
+
+def stream(
+    model: torch.nn.Module,
+    prompt_ids: Iterable[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    stop_ids: Iterable[int] | None = None,
+) -> Iterator[int]:
+    """Like ``generate``, but yields each new token id as soon as it is sampled. The arguments are checked
+    here, before anything is decoded (LumiError), not on the first ``next()``."""
     prompt = [int(i) for i in prompt_ids]
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     _validate(prompt, max_new_tokens, temperature, top_k, top_p, vocab)
     stops = set(int(i) for i in (stop_ids or ()))
+    return _decode(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stops)
+
+
+@torch.no_grad()  # torch applies it around every resumption of the generator
+def _decode(model: torch.nn.Module, prompt: list[int], max_new_tokens: int, temperature: float,
+            top_k: int | None, top_p: float | None, seed: int | None, use_cache: bool,
+            stops: set[int]) -> Iterator[int]:
     from lumi.check.context import max_len_of
 
     max_len = max_len_of(model)  # learned-position models cannot see past this
@@ -96,10 +133,9 @@ def generate(
             logits = model(ids, cache=cache)[0, -1]
         else:
             logits = model(ids if max_len is None else ids[:, -max_len:])[0, -1]
-        out: list[int] = []
         for step in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
-            out.append(nxt)
+            yield nxt
             if nxt in stops or step == max_new_tokens - 1:
                 break
             new = torch.tensor([[nxt]], dtype=torch.long, device=device)
@@ -108,7 +144,6 @@ def generate(
             else:
                 ids = torch.cat([ids, new], dim=1)
                 logits = model(ids if max_len is None else ids[:, -max_len:])[0, -1]
-        return out
     finally:
         model.train(was_training)
 
@@ -149,18 +184,28 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise LumiError(f"{path}: unreadable run config ({e})") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        raise LumiError(f"{path}: unreadable run config ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict) or not data["model"].get("name"):
         raise LumiError(f"{path}: expected a run config with a 'model: {{name: ...}}' section")
     return data
 
 
-def _resolve_plugin(file: str, run_dir: Path) -> Path:
-    p = Path(file)
-    if p.is_file() or p.is_absolute():
-        return p
-    return run_dir / p if (run_dir / p).is_file() else p  # else load_model_file names the missing path
+def require_run_plugins(run: Path, ckpt: Path, model_cfg: dict[str, Any]) -> None:
+    """LumiError naming the --model-file to pass unless every plugin file the run recorded was passed."""
+    from lumi.models.registry import require_model_files
+
+    files = model_cfg.get("files") or []
+    if not isinstance(files, list):
+        raise LumiError(f"{run / 'config.yaml'}: model.files must be a list of .py files, got {files!r}")
+    hashes = None
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+        hashes = state.get("model_files") if isinstance(state, dict) else None
+    except (OSError, ValueError):
+        pass
+    require_model_files([str(f) for f in files], hashes if isinstance(hashes, dict) else None, run,
+                        str(model_cfg.get("name")))
 
 
 def _load_run_tokenizer(run_dir: Path, data: dict[str, Any]):
@@ -189,16 +234,21 @@ def _load_run_tokenizer(run_dir: Path, data: dict[str, Any]):
                     f"lumi_tokenizer.json at {tried}; re-run `lumi data prepare` for its corpus and tokenizer")
 
 
-def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """(model, tokenizer) of a `lumi train` run, from its latest complete checkpoint."""
+def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu",
+                   model_files: Sequence[str | Path] = ()):
+    """(model, tokenizer) of a `lumi train` run, from its latest complete checkpoint.
+
+    ``model_files``: the plugin files of a run of a plugin architecture, named by the caller; the files
+    the run directory lists are checked against them (path or content hash), never imported."""
     from lumi.models.registry import load_model_file, model_from_config
     from lumi.train.checkpoint import load_model_weights
 
     run, ckpt = find_run_dir(run_dir)
     cfg = _read_yaml(run / "config.yaml")
     model_cfg = cfg["model"]
-    for f in model_cfg.get("files") or []:
-        load_model_file(_resolve_plugin(str(f), run))
+    for f in model_files:
+        load_model_file(f)
+    require_run_plugins(run, ckpt, model_cfg)
     config_path = ckpt / "model_config.json"
     try:
         values = json.loads(config_path.read_text())

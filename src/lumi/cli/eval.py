@@ -19,6 +19,9 @@ and cut into non-overlapping windows of --seq-len tokens (default: the run's tra
 every position except the first is scored exactly once, context crosses document boundaries,
 separators are targets covering 0 bytes, and BPB = total NLL / (ln 2 x UTF-8 bytes of the split).
 Also prints the unigram baseline (train-split token frequencies) for scale.
+
+A run of a plugin architecture needs its file on this command line (--model-file my_arch.py):
+Lumi never imports code because a run directory names it.
 """
 
 
@@ -32,27 +35,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="split to score (default val)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--model-file", action="append", default=[], metavar="FILE.py",
+                   help="the Python file registering the run's architecture (repeatable); a run directory's "
+                        "own list of plugin files is never imported")
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def evaluate_run(run_dir: Path, seq_len: int | None = None, max_targets: int | None = None, split: str = "val",
-                 batch_size: int = 16, device: str = "auto") -> dict[str, Any]:
+                 batch_size: int = 16, device: str = "auto", model_files: list[str] | None = None) -> dict[str, Any]:
     import json
 
     from lumi.metrics.evaluate import evaluate_bpb, unigram_bpb
-    from lumi.models.registry import load_model_file, model_from_config
+    from lumi.models.registry import (
+        load_model_file,
+        model_from_config,
+        require_model_files,
+    )
     from lumi.train import checkpoint as ckpt
     from lumi.train.distributed import DistInfo
     from lumi.train.loop import load_data, resolve_autocast, resolve_device
     from lumi.train.rundir import read_run_config
 
-    cfg = read_run_config(run_dir)
+    cfg = read_run_config(run_dir, purpose="eval")
     found = ckpt.find_checkpoint(run_dir / "checkpoints")
     if found is None:
         raise LumiError(f"run {str(run_dir)!r} has no complete checkpoint under {run_dir / 'checkpoints'}")
-    for f in cfg.model.files:
+    for f in model_files or []:  # named on the command line; the run's own list is only checked
         load_model_file(f)
+    require_model_files(list(cfg.model.files), ckpt.load_state(found).get("model_files"), run_dir, cfg.model.name)
     data = load_data(cfg, progress=False, info=DistInfo())
     model_cfg = json.loads((found / "model_config.json").read_text())
     if int(model_cfg.get("vocab_size", -1)) != data.vocab_size:
@@ -73,7 +84,12 @@ def evaluate_run(run_dir: Path, seq_len: int | None = None, max_targets: int | N
 def run(args: argparse.Namespace) -> int:
     if args.seq_len is not None and args.seq_len < 1:
         raise LumiError(f"--seq-len must be >= 1, got {args.seq_len}")
-    out = evaluate_run(Path(args.run), args.seq_len, args.max_targets, args.split, args.batch_size, args.device)
+    if args.max_targets is not None and args.max_targets < 1:
+        raise LumiError(f"--max-targets must be >= 1 (omit it to score the whole split), got {args.max_targets}")
+    if args.batch_size < 1:
+        raise LumiError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out = evaluate_run(Path(args.run), args.seq_len, args.max_targets, args.split, args.batch_size, args.device,
+                       model_files=args.model_file)
     if args.json:
         print_json(out)
         return 0

@@ -6,7 +6,13 @@ import argparse
 import sys
 import time
 
-from lumi.cli.common import add_json_flag, load_plugins, parse_overrides, print_json, split_model_preset
+from lumi.cli.common import (
+    add_json_flag,
+    load_plugins,
+    parse_overrides,
+    print_json,
+    split_model_preset,
+)
 from lumi.errors import LumiError
 
 HELP = "sample text from a trained run (temperature / top-k / top-p, KV cache)"
@@ -21,7 +27,11 @@ Sampling: --temperature 0 is greedy (argmax); otherwise the logits are divided b
 temperature, then --top-k keeps the k most likely tokens and --top-p the smallest set whose
 probability reaches p. --seed makes sampling reproducible. Models with a KV cache (llama and
 its variants) decode incrementally; --no-cache re-runs the full forward every token (same
-tokens under greedy decoding, slower).
+tokens under greedy decoding, slower). The text is printed as it is generated; --max-new-tokens is
+at most 1,000,000.
+
+A run of a plugin architecture needs its file on this command line (--model-file my_arch.py):
+Lumi never imports code because a run directory names it.
 
 Examples:
   lumi generate runs/llama-nano --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 --top-k 50
@@ -36,7 +46,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("run", nargs="?", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="run directory, checkpoint directory or model.safetensors of a `lumi train` run")
     p.add_argument("--prompt", default="", help="text to continue (default: empty = start a new document)")
-    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N", help="tokens to generate (default 200)")
+    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
+                   help="tokens to generate (default 200, at most 1,000,000)")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
     p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K most likely tokens")
     p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling: smallest set with mass P")
@@ -49,8 +60,9 @@ def add_parser(subparsers) -> None:
     g.add_argument("--preset", help="preset of --model")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a config field of --model (repeatable)")
-    g.add_argument("--model-file", action="append", default=[], metavar="FILE.py",
-                   help="a Python file registering --model (repeatable)")
+    p.add_argument("--model-file", action="append", default=[], metavar="FILE.py",
+                   help="a Python file registering the architecture of RUN or --model (repeatable); a run "
+                        "directory's own list of plugin files is never imported")
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -70,12 +82,12 @@ def _random_init_model(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumi.generate import generate, load_run_model
+    from lumi.generate import load_run_model, stream
 
     if args.run and args.model:
         raise LumiError("give either RUN_DIR_OR_CHECKPOINT or --model (random init), not both")
     if args.run:
-        model, tokenizer = load_run_model(args.run)
+        model, tokenizer = load_run_model(args.run, model_files=args.model_file)
         source = str(args.run)
     elif args.model:
         model, tokenizer, source = _random_init_model(args)
@@ -84,12 +96,15 @@ def run(args: argparse.Namespace) -> int:
     prompt_ids = [tokenizer.sep_id] + tokenizer.encode(args.prompt)
     use_cache = not args.no_cache
     start = time.perf_counter()
-    new_ids = generate(model, prompt_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed, use_cache=use_cache,
-                       stop_ids=[tokenizer.sep_id] if args.stop_at_separator else None)
+    tokens = stream(model, prompt_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, seed=args.seed, use_cache=use_cache,
+                    stop_ids=[tokenizer.sep_id] if args.stop_at_separator else None)  # checks the arguments now
+    cached = use_cache and hasattr(model, "new_cache")
+    if not args.json:
+        return _print_as_generated(args, tokens, tokenizer, source, start, cached)
+    new_ids = list(tokens)
     seconds = time.perf_counter() - start
     text = tokenizer.decode(new_ids)
-    cached = use_cache and hasattr(model, "new_cache")
     if args.json:
         print_json({
             "source": source,
@@ -103,9 +118,29 @@ def run(args: argparse.Namespace) -> int:
             "kv_cache": cached,
             "sampling": {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed},
         })
-        return 0
-    print(args.prompt + text)  # the text alone on stdout, so it can be piped; the summary goes to stderr
-    rate = f"{len(new_ids) / seconds:.0f} tok/s" if seconds > 0 else ""
-    print(f"-- {len(new_ids)} tokens from {source} in {seconds:.2f}s ({rate}, "
+    return 0
+
+
+def _print_as_generated(args: argparse.Namespace, tokens, tokenizer, source: str, start: float, cached: bool) -> int:
+    """Print the prompt, then each token as it comes (the text alone on stdout, so it can be piped; the summary
+    goes to stderr). Bytes go through an incremental UTF-8 decoder: a character split over tokens prints whole."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    out = sys.stdout
+    out.write(args.prompt)
+    out.flush()
+    n = 0
+    for token in tokens:
+        n += 1
+        piece = decoder.decode(tokenizer.decode_bytes([token]))
+        if piece:
+            out.write(piece)
+            out.flush()
+    out.write(decoder.decode(b"", final=True) + "\n")
+    out.flush()
+    seconds = time.perf_counter() - start
+    rate = f"{n / seconds:.0f} tok/s" if seconds > 0 else ""
+    print(f"-- {n} tokens from {source} in {seconds:.2f}s ({rate}, "
           f"{'KV cache' if cached else 'full forward per token'})", file=sys.stderr, flush=True)
     return 0

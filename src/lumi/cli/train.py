@@ -40,8 +40,16 @@ for leaks at train.seq_len; a leak stops here, before anything is written (--all
 anyway). After training, the final weights are audited the same way; the result is in summary.json
 (causality_audit, and leak: why the run's BPB is not trustworthy) and a leaking run exits with 1.
 
-Ctrl-C (or SIGTERM) finishes the step, writes a checkpoint and marks the run interrupted; a run
+Ctrl-C (or SIGTERM) finishes the step, writes a checkpoint and marks the run interrupted (exit 130;
+also when it lands during the last checkpoint: --resume then runs only the final evaluation); a run
 killed outright continues from its last checkpoint with --resume and ends exactly as if never stopped.
+Resuming a completed run prints its summary and does nothing.
+
+One process writes a run directory at a time (an OS lock on RUN_DIR/.lock; a second `lumi train` on it
+stops with the holder's PID). --resume never imports code named inside the run directory: a run of a
+plugin architecture needs its files again, `lumi train --resume RUN --model-file my_arch.py` (checked
+against the content hashes the checkpoint recorded), and a config.yaml edited since the last checkpoint
+is refused.
 Multi-process: torchrun --nproc_per_node N -m lumi train ... (DDP; see docs/training.md).
 """
 
@@ -52,6 +60,7 @@ examples:
   lumi train --config my_run.yaml --set optim.lr=1e-3 --out runs/lr-1e-3
   lumi train my_arch:small --model-file my_arch.py --data ~/.cache/lumi/prepared/shakespeare__bpe-4096
   lumi train --resume runs/llama-micro-20250101-120000
+  lumi train --resume runs/my_arch-small-20250101-120000 --model-file my_arch.py
 """
 
 
@@ -70,7 +79,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", help="tokenizer spec (bytes, bpe:4096 ...)")
     p.add_argument("--data", metavar="DIR", help="an already prepared data directory (lumi data prepare)")
     p.add_argument("--model-file", action="append", default=[], metavar="FILE.py",
-                   help="a Python file that registers your own architecture (repeatable)")
+                   help="a Python file that registers your own architecture (repeatable); with --resume, "
+                        "pass the run's plugin files again (a run directory's own list is never imported)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/<name>)")
     where.add_argument("--name", help="run name (default <model>-<preset>-<timestamp>); the run goes to runs/<name>")
@@ -106,7 +116,7 @@ def build_config(args: argparse.Namespace):
     for item in args.overrides:
         key = item.split("=", 1)[0].strip()
         apply_override(cfg, item if "." in key or key == "name" else f"model.overrides.{item.strip()}")
-    if args.budget:
+    if args.budget is not None:  # --budget "" is an error (parse_budget), not the default
         cfg.train.budget = args.budget
     if args.seed is not None:
         cfg.train.seed = args.seed
@@ -116,16 +126,24 @@ def build_config(args: argparse.Namespace):
         cfg.data.tokenizer = args.tokenizer
     if args.data:
         cfg.data.dir = str(Path(args.data).expanduser().resolve())
-    for f in args.model_file:
-        path = str(Path(f).expanduser().resolve())
-        if path not in cfg.model.files:
-            cfg.model.files.append(path)
+    if not args.resume:  # a resumed run keeps its recorded list; the files passed are checked against it
+        for f in args.model_file:
+            path = str(Path(f).expanduser().resolve())
+            if path not in cfg.model.files:
+                cfg.model.files.append(path)
     if args.name:
         cfg.name = args.name
     if getattr(args, "allow_leaky", False):
         cfg.train.allow_leaky = True
     cfg.validate("command line")
     return cfg
+
+
+def check_run_name(name: str) -> None:
+    """A name becomes runs/<name>: one plain directory name, so it cannot write outside runs/."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise LumiError(f"run name {name!r} must be a plain directory name (no '/', '\\', or '..'); the run goes "
+                        f"to runs/<name>. To write elsewhere, use --out DIR")
 
 
 def default_run_name(cfg) -> str:
@@ -165,15 +183,23 @@ def _run(args: argparse.Namespace, cfg, info) -> dict[str, Any]:
     else:
         if not cfg.name:
             cfg.name = broadcast_object(info, default_run_name(cfg))  # every rank must pick the same directory
+        check_run_name(cfg.name)
         run_dir = Path("runs") / cfg.name
-    check_run_dir(cfg, run_dir, bool(args.resume))  # fail before printing anything
-    if info.is_main:
+    files = list(args.model_file) if args.resume else []  # a fresh run imports cfg.model.files (incl. these)
+    check_run_dir(cfg, run_dir, bool(args.resume), files)  # fail before printing anything
+    from lumi.train.rundir import completed_summary
+
+    done = completed_summary(run_dir) if args.resume else None
+    if done is not None and info.is_main:
+        print(f"run {run_dir} is already complete ({done.get('steps')} steps, final val BPB "
+              f"{done.get('final_val_bpb')}); nothing to do", file=sys.stderr, flush=True)
+    elif info.is_main:
         out = sys.stderr if args.json else sys.stdout
         verb = "resuming" if args.resume else "training"
         print(f"{verb} {cfg.model.name}:{cfg.model.preset or 'custom'} into {run_dir} "
               f"(budget {cfg.train.budget}, seed {cfg.train.seed}) with config:", file=out)
         print("  " + cfg.to_yaml().rstrip().replace("\n", "\n  "), file=out, flush=True)
-    return train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    return train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress, model_files=files)
 
 
 def print_summary(s: dict[str, Any]) -> None:

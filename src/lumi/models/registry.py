@@ -1,5 +1,10 @@
 """Name -> architecture registry, presets, and user plugins (``--model-file``).
 
+Plugins are imported only from paths the user names on the command line (or passes to the Python
+API). A run directory records which plugin files its model needs (config.yaml ``model.files``,
+with content hashes in its checkpoints), but Lumi never imports a file because a run directory
+names it: ``require_model_files`` checks that the user has passed each one, else says which.
+
 Registering an architecture is one decorator on its class::
 
     @register("llama", presets={"nano": dict(n_layers=2, d_model=64, n_heads=2)},
@@ -11,6 +16,7 @@ Registering an architecture is one decorator on its class::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -86,6 +92,7 @@ def register(
 
 
 _CURRENT_PLUGIN: list[str] = []
+_LOADED_FILES: dict[str, str] = {}  # resolved path -> sha256 of every plugin file imported in this process
 
 
 def _load_builtins() -> None:
@@ -119,9 +126,65 @@ def load_model_file(path: str | Path) -> list[str]:
         raise LumiError(f"model file {str(p)!r} raised on import: {type(e).__name__}: {e}") from e
     finally:
         _CURRENT_PLUGIN.pop()
+    _LOADED_FILES[str(p.resolve())] = file_sha256(p)
     new = sorted(set(_REGISTRY) - before)
     reregistered = [n for n, s in _REGISTRY.items() if s.source == str(p)]
     return sorted(set(new) | set(reregistered))
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def model_file_hashes(files: list[str]) -> dict[str, str | None]:
+    """{resolved path: sha256} of plugin files (None for one that cannot be read here)."""
+    out: dict[str, str | None] = {}
+    for f in files:
+        p = Path(str(f)).expanduser()
+        try:
+            out[str(p.resolve())] = file_sha256(p)
+        except OSError:
+            out[str(p.resolve())] = None
+    return out
+
+
+def require_model_files(recorded: list[str], hashes: dict[str, str | None] | None, run: str | Path,
+                        model: str) -> None:
+    """LumiError unless every plugin file a run recorded was imported from the command line in this process.
+
+    A recorded file counts as passed when a loaded file has its resolved path or its content (sha256 from
+    ``hashes``, e.g. the checkpoint's record, else of the recorded path when it is readable here; only
+    when neither is known, its file name). The same path with other content is a mismatch: the plugin
+    changed since the run was trained. Nothing recorded is ever imported here.
+    """
+    hashes = dict(hashes or {})
+    loaded_hashes = set(_LOADED_FILES.values())
+    missing: list[str] = []
+    for f in recorded:
+        path = str(Path(str(f)).expanduser().resolve())
+        want = hashes.get(path) or hashes.get(str(f))
+        if path in _LOADED_FILES:
+            if want and _LOADED_FILES[path] != want:
+                raise LumiError(f"plugin file {path!r} changed since run {str(run)!r} was trained (sha256 "
+                                f"{_LOADED_FILES[path][:12]} != recorded {want[:12]}); restore the file it was "
+                                f"trained with, or start a new run")
+            continue
+        if want is None:
+            try:
+                want = file_sha256(path)  # reading is safe; importing a run's file is what we never do
+            except OSError:
+                want = None
+        if want is not None:
+            if want in loaded_hashes:
+                continue
+        elif any(Path(p).name == Path(path).name for p in _LOADED_FILES):
+            continue
+        missing.append(str(f))
+    if missing:
+        flags = " ".join(f"--model-file {m}" for m in missing)
+        raise LumiError(f"run {str(run)!r} uses model {model!r} from plugin file(s) {', '.join(missing)}, which "
+                        f"were not passed on this command line: pass {flags} (with the file's path here); Lumi "
+                        f"does not import code named inside a run directory")
 
 
 def list_models() -> list[ModelSpec]:

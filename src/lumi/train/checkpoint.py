@@ -4,7 +4,10 @@ Writing: everything goes into a fresh temporary directory first (state.json last
 fsynced); then ``latest`` is renamed to ``previous``, the temporary directory to ``latest``, and
 ``previous`` is deleted. A crash at any point leaves either the old or the new checkpoint complete,
 and ``load`` falls back to ``previous`` if ``latest`` is missing. A full disk or unwritable
-directory raises a LumiError and leaves the last good checkpoint untouched.
+directory raises a one-line LumiError ("the disk is full" for ENOSPC, also when safetensors or torch.save
+wrap it in their own exceptions), removes the temporary directory and leaves the last good checkpoint
+untouched. A temporary directory left by a SIGKILL is removed when the run is next opened
+(``rundir.clean_stale_temps``).
 
 Loading never unpickles arbitrary objects: weights come from safetensors, the optimizer state via
 ``torch.load(weights_only=True)``, everything else from JSON.
@@ -22,7 +25,7 @@ from typing import Any
 
 import torch
 
-from lumi.errors import LumiError
+from lumi.errors import LumiError, write_error_text
 
 FILES = ("model.safetensors", "model_config.json", "optimizer.pt", "state.json")
 
@@ -53,16 +56,25 @@ def save_checkpoint(ckpt_root: Path, model: torch.nn.Module, optimizer_state: di
             os.replace(latest, previous)
         os.replace(tmp, latest)
         _fsync_dir(ckpt_root)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written directory holding the space
+        if not _is_write_error(e):
+            raise
         kept = _complete_dir(ckpt_root)
         where = f"the last good checkpoint at {kept} is intact" if kept else "no earlier checkpoint exists"
-        reason = e.strerror or str(e)
-        raise LumiError(f"could not write a checkpoint in {ckpt_root}: {reason}"
-                        f"{' (' + e.filename + ')' if getattr(e, 'filename', None) else ''}; {where}. "
-                        f"Free disk space or make the run directory writable, then resume with --resume") from e
+        filename = getattr(e, "filename", None)
+        raise LumiError(f"could not write a checkpoint in {ckpt_root}: {write_error_text(e, ckpt_root)}"
+                        f"{' (' + str(filename) + ')' if filename else ''}; {where}. "
+                        f"Free disk space or make the run directory writable, then resume with --resume") from None
     shutil.rmtree(previous, ignore_errors=True)
     return latest
+
+
+def _is_write_error(e: BaseException) -> bool:
+    """OSError, or the wrappers torch.save (RuntimeError) and safetensors (SafetensorError) put around one."""
+    if isinstance(e, (OSError, RuntimeError)):
+        return True
+    return type(e).__name__ == "SafetensorError"
 
 
 def _complete_dir(ckpt_root: Path) -> Path | None:
@@ -81,7 +93,7 @@ def find_checkpoint(ckpt_root: Path) -> Path | None:
 def load_state(ckpt_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((ckpt_dir / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise LumiError(f"checkpoint state {ckpt_dir / 'state.json'} is unreadable: {e}") from None
 
 
@@ -91,16 +103,38 @@ def load_model_weights(ckpt_dir: Path, model: torch.nn.Module, device: torch.dev
     path = ckpt_dir / "model.safetensors"
     try:
         load_model(model, str(path), strict=True, device=str(device))
-    except (RuntimeError, OSError) as e:
-        raise LumiError(f"checkpoint weights {path} do not match the model: {str(e).splitlines()[0]}") from None
+    except OSError as e:
+        raise LumiError(f"checkpoint weights {path} are unreadable: {write_error_text(e)}") from None
+    except RuntimeError as e:
+        raise LumiError(f"checkpoint weights {path} do not match the model: {_first_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - SafetensorError etc.: not a safetensors file (e.g. a pickle)
+        raise LumiError(f"checkpoint weights {path} are not a valid safetensors file ({_first_line(e)}); Lumi "
+                        f"loads weights only from safetensors and never unpickles them") from None
 
 
 def load_optimizer_state(ckpt_dir: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     path = ckpt_dir / "optimizer.pt"
+    import pickle
+    import warnings
+
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=device, weights_only=True)  # never unpickle arbitrary objects
+    except pickle.UnpicklingError:
+        # torch's own advice is many lines and suggests weights_only=False, which would execute the file.
+        raise LumiError(f"optimizer state {path} holds objects other than tensors and plain containers; refused "
+                        f"(Lumi loads it with torch.load(weights_only=True) and never runs code from a checkpoint)"
+                        ) from None
+    except OSError as e:
+        raise LumiError(f"optimizer state {path} is unreadable: {write_error_text(e)}") from None
     except Exception as e:  # noqa: BLE001 - any unreadable/foreign file is the same user-facing problem
-        raise LumiError(f"optimizer state {path} is unreadable: {type(e).__name__}: {e}") from None
+        raise LumiError(f"optimizer state {path} is unreadable: {type(e).__name__}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 # -- RNG state <-> JSON ----------------------------------------------------------------------------

@@ -149,6 +149,7 @@ class TrainConfig:
     # -- validation --------------------------------------------------------------------------
     def validate(self, source: str = "config") -> None:
         o, t = self.optim, self.train
+        _finite_numbers(self, source)  # first: nan slips through every `x > 0` / range check below
         _one_of(source, "optim.name", o.name, OPTIMIZERS)
         _one_of(source, "optim.schedule", o.schedule, SCHEDULES)
         _one_of(source, "train.precision", t.precision, PRECISIONS)
@@ -205,9 +206,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not p.is_file():
             raise LumiError(f"config file {source!r} does not exist (expected a YAML file)")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise LumiError(f"config file {source!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        except UnicodeDecodeError as e:
+            raise LumiError(f"config file {source!r} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                            f"save it as UTF-8 YAML") from None
+        except OSError as e:
+            raise LumiError(f"config file {source!r} is unreadable: {e.strerror or e}") from None
         if not isinstance(data, dict):
             raise LumiError(f"config file {source!r} must hold a mapping (model:, data:, optim:, train:)")
     cfg = TrainConfig.from_dict(data, source)
@@ -370,6 +376,25 @@ def _coerce(name: str, typ: Any, value: Any, source: str) -> Any:
         tname = getattr(base, "__name__", str(base)) + (" or null" if optional else "")
         raise LumiError(f"{source}: {name} expects {tname}, got {value!r}") from None
     return value
+
+
+def _finite_numbers(cfg: TrainConfig, source: str) -> None:
+    """Every float in every section (and in model.overrides, optim.betas) must be finite: .inf / .nan are
+    valid YAML floats but no valid setting (an infinite lr diverges, a nan budget check never fires)."""
+    items: list[tuple[str, Any]] = []
+    for section in SECTIONS:
+        obj = getattr(cfg, section)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, dict):
+                items += [(f"{section}.{f.name}.{k}", v) for k, v in value.items()]
+            elif isinstance(value, (list, tuple)):
+                items += [(f"{section}.{f.name}[{i}]", v) for i, v in enumerate(value)]
+            else:
+                items.append((f"{section}.{f.name}", value))
+    for key, value in items:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LumiError(f"{source}: {key} must be a finite number, got {value}")
 
 
 def _one_of(source: str, key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -9,6 +9,14 @@ micro-batches -> all-reduce loss and stop flag -> stop if non-finite -> clip, op
 train row / periodic eval / checkpoint as due. Everything a resumed run needs (weights, optimizer,
 RNG, step, token/FLOP counters, loss EMA) is in the checkpoint, and the data order depends only on
 the step, so kill + resume reproduces an uninterrupted run exactly.
+
+Safety: one process writes a run directory (an OS lock on ``RUN/.lock``, see lumi.lock); a resume
+imports no plugin file the run directory names (the caller passes them: ``model_files``) and refuses
+a config.yaml edited since the checkpoint (the checkpoint stores the config it was trained with).
+Signals: SIGINT/SIGTERM during the loop finish the step and checkpoint; anywhere else in ``train``
+(setup, final eval, audit) they stop at once. Either way the run ends ``interrupted``, never
+``running``; a signal during the last checkpoint lets it complete, then the run is ``interrupted``
+before its final eval (``--resume`` runs only that).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,14 +43,25 @@ from lumi.errors import LumiError
 from lumi.train import checkpoint as ckpt
 from lumi.train.batches import step_batch
 from lumi.train.config import Budget, TrainConfig, parse_budget
-from lumi.train.distributed import DistInfo, all_gather_object, all_reduce_, barrier, setup_distributed
+from lumi.train.distributed import (
+    DistInfo,
+    all_gather_object,
+    all_reduce_,
+    barrier,
+    broadcast_object,
+    setup_distributed,
+)
 from lumi.train.optim import build_optimizer
 from lumi.train.rundir import (
     MetricsLog,
+    clean_stale_temps,
+    completed_summary,
     config_differences,
     create_run_dir,
     ensure_new_run_dir,
+    json_safe,
     read_run_config,
+    read_summary,
     truncate_metrics,
     write_json,
 )
@@ -74,19 +94,32 @@ class RunState:
         self.ema_n += 1
 
 
-class StopSignal:
-    """SIGINT / SIGTERM -> finish the current step, checkpoint, mark the run interrupted.
+class Stopped(KeyboardInterrupt):
+    """SIGINT / SIGTERM outside the step loop: stop at once (the run is marked interrupted, exit 130)."""
 
-    A second Ctrl-C while the first is being handled aborts immediately.
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class StopSignal:
+    """SIGINT / SIGTERM handling for the whole of ``train``.
+
+    ``graceful`` (the step loop): remember the signal; the loop finishes the step, checkpoints and marks
+    the run interrupted. A second Ctrl-C while the first is being handled aborts immediately.
+    Otherwise (setup, final eval, audit): raise ``Stopped`` at once — SIGTERM's default action would
+    kill the process with its summary still saying ``running``.
     """
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self.graceful = False
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if not self.graceful or (self.received is not None and signum == signal.SIGINT):
+            self.received = signum
+            raise Stopped(signum)
         self.received = signum
 
     def __enter__(self) -> "StopSignal":
@@ -100,34 +133,98 @@ class StopSignal:
             signal.signal(sig, old)
 
 
-def train(config: TrainConfig, run_dir: Path | str, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train ``config`` into ``run_dir`` and return the summary (also written to summary.json)."""
+def train(config: TrainConfig, run_dir: Path | str, resume: bool = False, progress: bool = True,
+          model_files: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """Train ``config`` into ``run_dir`` and return the summary (also written to summary.json).
+
+    ``model_files``: plugin files to import for a resumed run (a fresh run imports ``config.model.files``,
+    which the caller chose); a resumed run never imports the files its run directory names.
+    A resumed run that already completed returns its summary and does nothing.
+    """
     run_dir = Path(run_dir)
     info = setup_distributed(config.train.device)
-    check_run_dir(config, run_dir, resume)
-    barrier(info)  # every rank has checked the directory before rank 0 creates it
-    return _Trainer(config, run_dir, resume, progress, info).run()
+    lock = None
+    trainer: _Trainer | None = None
+    with StopSignal() as stop:  # from the start: a signal during setup must not leave the status `running`
+        try:
+            check_run_dir(config, run_dir, resume, model_files)
+            if resume and info.is_main:
+                lock = acquire_run_lock(run_dir)
+            done = broadcast_object(info, completed_summary(run_dir) if resume and info.is_main else None)
+            if done is not None:
+                return done  # nothing to do: a second final eval would only append a duplicate row
+            barrier(info)  # every rank has checked the directory before rank 0 creates it
+            trainer = _Trainer(config, run_dir, resume, progress, info)
+            trainer.lock = lock
+            return trainer.run(stop)
+        except Stopped as e:
+            if trainer is None and lock is not None:  # resumed, stopped in setup: the old status is stale now
+                _mark_interrupted(run_dir, f"{e}; continue with --resume {run_dir}")
+            raise
+        finally:
+            held = trainer.lock if trainer is not None else lock
+            if held is not None:
+                held.release()
 
 
-def check_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
+def acquire_run_lock(run_dir: Path):
+    """The run directory's writer lock (see lumi.lock), then leftovers of killed writers are removed."""
+    from lumi.lock import acquire_directory_lock
+
+    lock = acquire_directory_lock(run_dir, "run directory")
+    clean_stale_temps(run_dir, holding_lock=True)
+    return lock
+
+
+def _mark_interrupted(run_dir: Path, error: str) -> None:
+    summary = read_summary(run_dir)
+    if summary is not None and summary.get("status") == "running":
+        summary.update(status="interrupted", error=error)
+        with contextlib.suppress(LumiError):
+            write_json(run_dir / "summary.json", summary)
+
+
+def check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, model_files: Sequence[str | Path] = ()) -> None:
     """LumiError unless the model resolves and ``run_dir`` can take this run: new and empty, or (resume)
-    trained with this config. Cheap: runs before any data is prepared or anything is written."""
-    from lumi.models.registry import load_model_file, make_config
+    trained with this config, its config.yaml unedited since the checkpoint, and every plugin file it
+    needs passed in ``model_files``. Cheap: runs before any data is prepared or anything is written."""
+    from lumi.models.registry import load_model_file, make_config, require_model_files
 
     config.validate()
-    for f in config.model.files:
+    for f in model_files:  # named by the caller (the command line): these may be imported
         load_model_file(f)
+    if not resume:
+        for f in config.model.files:  # a fresh run's config comes from the caller (--config / --model-file)
+            load_model_file(f)
+    else:
+        saved = read_run_config(run_dir)
+        found = ckpt.find_checkpoint(run_dir / "checkpoints")
+        state = ckpt.load_state(found) if found is not None else {}
+        require_model_files(list(saved.model.files), state.get("model_files"), run_dir, saved.model.name)
     overrides = {k: v for k, v in config.model.overrides.items() if k != "vocab_size"}
     make_config(config.model.name, config.model.preset, overrides)  # unknown model / preset / field
     if not resume:
         ensure_new_run_dir(run_dir)
         return
-    saved = read_run_config(run_dir)
     diffs = config_differences(saved.to_dict(), config.to_dict())
     if diffs:
         raise LumiError(f"cannot resume {str(run_dir)!r}: its config.yaml differs from the requested config "
                         f"({'; '.join(diffs[:5])}{' ...' if len(diffs) > 5 else ''}); resume without changes, "
                         f"or start a new run with --out")
+    stored = state.get("config")
+    if isinstance(stored, dict):  # config.yaml edited by hand since the checkpoint was written
+        diffs = config_differences(_plain(stored), _plain(saved.to_dict()))
+        if diffs:
+            raise LumiError(f"cannot resume {str(run_dir)!r}: its config.yaml was edited after checkpoint {found} "
+                            f"was written ({'; '.join(diffs[:5])}{' ...' if len(diffs) > 5 else ''}; checkpoint -> "
+                            f"config.yaml); restore config.yaml, or start a new run with --out")
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """The JSON form of a config dict, so one read from YAML and one from state.json compare equal."""
+    import json
+
+    return json.loads(json.dumps(json_safe(d)))
 
 
 class _Trainer:
@@ -139,10 +236,12 @@ class _Trainer:
         _set_threads(t.threads, info)
         self.device = resolve_device(t.device, info)
         self.autocast_dtype = resolve_autocast(t.precision, self.device)
-        from lumi.models.registry import build_model, load_model_file
+        from lumi.models.registry import build_model, model_file_hashes
 
-        for f in config.model.files:
-            load_model_file(f)
+        self.lock = None  # the run directory's writer lock (rank 0), released by train()
+        # Plugins were imported by check_run_dir (never from the run directory); their content hashes go into
+        # every checkpoint so a resume can check it gets the same code. A resume keeps the recorded ones.
+        self.model_file_hashes = model_file_hashes(list(config.model.files))
         self.data = load_data(config, self.show_progress, info)
         vocab = int(self.data.vocab_size)
         overrides = dict(config.model.overrides)
@@ -231,6 +330,8 @@ class _Trainer:
         """Fresh run: create the directory and write config/env. Resume: restore the checkpoint."""
         ckpt_root = self.run_dir / "checkpoints"
         if self.resume:
+            if self.info.is_main and self.lock is None:
+                self.lock = acquire_run_lock(self.run_dir)
             found = ckpt.find_checkpoint(ckpt_root)
             if found is not None:
                 self._restore(found)
@@ -243,9 +344,12 @@ class _Trainer:
                 write_json(env_path, env)
         elif self.info.is_main:
             from lumi.train.env import env_info
+            from lumi.train.rundir import write_text_atomic
 
             create_run_dir(self.run_dir)
-            self.config.save_yaml(self.run_dir / "config.yaml")
+            self.lock = acquire_run_lock(self.run_dir)
+            ensure_new_run_dir(self.run_dir)  # again, under the lock: another process may have started it meanwhile
+            write_text_atomic(self.run_dir / "config.yaml", self.config.to_yaml())
             write_json(self.run_dir / "env.json", env_info(self.device, self.info.world_size, self.precision_name))
         barrier(self.info)
 
@@ -265,6 +369,8 @@ class _Trainer:
             ckpt.set_rng_state(rngs[self.info.rank] if self.info.rank < len(rngs) else rngs[0])
         fields = {k: v for k, v in state.get("counters", {}).items() if k in RunState.__dataclass_fields__}
         self.state = RunState(**fields)
+        if isinstance(state.get("model_files"), dict):
+            self.model_file_hashes = state["model_files"]
         self.resumed_from = self.state.step
 
     @property
@@ -272,7 +378,8 @@ class _Trainer:
         return "bf16 autocast" if self.autocast_dtype == torch.bfloat16 else "fp32"
 
     # -- the loop --------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self, stop: StopSignal | None = None) -> dict[str, Any]:
+        stop = stop if stop is not None else StopSignal()
         self._prepare_run_dir()
         info, t = self.info, self.config.train
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=info.is_main)
@@ -285,15 +392,28 @@ class _Trainer:
             write_json(self.run_dir / "summary.json", self.summary())
         try:
             self._setup_speed()
-            with StopSignal() as stop:
+            stop.graceful = True
+            try:
                 self._loop(stop)
+            finally:
+                stop.graceful = False
+            if self.status == "completed" and stop.received:  # arrived during the last step or its checkpoint
+                name = signal.Signals(stop.received).name
+                self.status = "interrupted"
+                self.error = (f"stopped by {name} after the last step {self.state.step} (checkpoint written) before "
+                              f"the final evaluation; finish it with --resume {self.run_dir}")
             if self.status == "completed":
                 self._final_eval()
                 self._audit_final_weights()
         except BaseException as e:
             if self.status in ("running", "completed"):
                 self.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-                self.error = f"{type(e).__name__}: {e}"
+                if isinstance(e, Stopped):
+                    self.error = f"{e} at step {self.state.step}; continue with --resume {self.run_dir}"
+                elif isinstance(e, LumiError):
+                    self.error = str(e)  # already one line that says what and where (e.g. the disk is full)
+                else:
+                    self.error = f"{type(e).__name__}: {e}"
             if info.is_main:
                 with contextlib.suppress(LumiError):  # e.g. the disk is full: the original error matters more
                     write_json(self.run_dir / "summary.json", self.summary())
@@ -513,6 +633,9 @@ class _Trainer:
                      "data_seed": t.resolved_data_seed, "next_step": s.step, "seq_len": t.seq_len,
                      "batch_size": t.batch_size},
             "data_fingerprint": self.data.fingerprint(),
+            # what a resume checks: the config this was trained with, and the plugin code (sha256 by path)
+            "config": json_safe(self.config.to_dict()),
+            "model_files": self.model_file_hashes,
             "saved_at": _now(),
         }
         state["counters"]["wall_s"] = state["wall_s"]

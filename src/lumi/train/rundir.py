@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
-from lumi.errors import LumiError
+from lumi.errors import LumiError, write_error_text
+from lumi.lock import LOCK_NAME, pid_alive
 from lumi.train.config import TrainConfig
 
 
@@ -28,8 +31,8 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise LumiError(f"cannot write {path}: {e.strerror or e}; free disk space or fix permissions") from None
+        tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written temp file
+        raise LumiError(f"cannot write {path}: {write_error_text(e)}; free disk space or fix permissions") from None
 
 
 def json_safe(obj: Any) -> Any:
@@ -63,7 +66,7 @@ class MetricsLog:
             self._f.write(json.dumps(json_safe(row)) + "\n")
             self._f.flush()
         except OSError as e:
-            raise LumiError(f"cannot append to {self.path}: {e.strerror or e}; free disk space or fix "
+            raise LumiError(f"cannot append to {self.path}: {write_error_text(e)}; free disk space or fix "
                             f"permissions, then continue with --resume") from None
 
     def close(self) -> None:
@@ -88,20 +91,69 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Keep only rows up to ``last_step`` (the checkpoint we resume from); rewritten atomically."""
-    rows = [r for r in read_metrics(path) if int(r.get("step", 0)) <= last_step]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+    """Keep only rows up to ``last_step`` (the checkpoint we resume from); rewritten atomically.
+    A final-eval row goes too: the resumed session evaluates again and writes the only final row."""
+    rows = [r for r in read_metrics(path) if int(r.get("step", 0)) <= last_step and not r.get("final")]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def read_run_config(run_dir: Path) -> TrainConfig:
+def read_run_config(run_dir: Path, purpose: str = "resume") -> TrainConfig:
+    """The run's config.yaml; ``purpose`` words the error for a directory that is not a run."""
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise LumiError(f"cannot resume {str(run_dir)!r}: it has no config.yaml (not a lumi train run directory)")
+        if purpose == "resume":
+            raise LumiError(f"cannot resume {str(run_dir)!r}: it has no config.yaml (not a lumi train run directory)")
+        what = "does not exist" if not run_dir.exists() else "is not a run directory: it has no config.yaml"
+        raise LumiError(f"{str(run_dir)!r} {what}; give a run directory written by `lumi train` (runs/<name>)")
     from lumi.train.config import load_config
 
     return load_config(path)
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def completed_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a run that already finished (status completed, final eval written), else None."""
+    s = read_summary(run_dir)
+    return s if s is not None and s.get("status") == "completed" else None
+
+
+# Temp names our writers use, each ending in the writer's PID: checkpoints/.tmp-latest-PID (a directory),
+# .NAME.tmpPID (write_text_atomic), .write-test-PID (create_run_dir).
+_TEMP_RE = re.compile(r"^(?:\.tmp-latest-|\..+\.tmp|\.write-test-)(\d+)$")
+
+
+def clean_stale_temps(run_dir: Path, holding_lock: bool = True) -> list[Path]:
+    """Remove temp files/directories left by a killed writer (SIGKILL, power loss); returns what went.
+
+    A temp entry is stale when its PID is not alive; while this process holds the run directory's lock no
+    other process can be writing there, so every temp entry but our own is stale then."""
+    removed: list[Path] = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            m = _TEMP_RE.match(entry.name)
+            if not m or int(m.group(1)) == os.getpid():
+                continue
+            if holding_lock or not pid_alive(int(m.group(1))):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    try:
+                        entry.unlink()
+                    except OSError:
+                        continue
+                removed.append(entry)
+    return removed
 
 
 def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -119,7 +171,7 @@ def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -
 
 def ensure_new_run_dir(run_dir: Path) -> None:
     """Refuse to overwrite an existing, non-empty run directory."""
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    if run_dir.exists() and (not run_dir.is_dir() or any(p.name != LOCK_NAME for p in run_dir.iterdir())):
         raise LumiError(f"run directory {str(run_dir)!r} already exists; continue it with "
                         f"`lumi train --resume {run_dir}` or choose another --out / --name")
 
@@ -131,5 +183,5 @@ def create_run_dir(run_dir: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise LumiError(f"cannot write to run directory {str(run_dir)!r}: {e.strerror or e}; "
+        raise LumiError(f"cannot write to run directory {str(run_dir)!r}: {write_error_text(e)}; "
                         f"choose a writable --out") from None
