@@ -71,3 +71,16 @@ def test_full_disk_while_writing_shards_removes_the_partial_directory(tiny_corpu
                                         r"on device\); nothing was kept"):
         prepare(f"files:{tiny_corpus_dir}/*.txt", "bytes", out=out, progress=False)
     assert not out.exists()
+
+
+def test_a_run_refuses_corrupt_data_and_records_the_data_it_used(prepared_copy, tmp_path, capsys):
+    args = ["train", "llama:nano", "--data", str(prepared_copy), "--budget", "2steps", "--no-progress",
+            "--set", "train.seq_len=32", "--set", "train.batch_size=2", "--set", "train.final_eval=none",
+            "--set", "train.causality_preflight=false", "--set", "train.causality_audit=false"]
+    assert main([*args, "--out", str(tmp_path / "ok")]) == 0
+    config = (tmp_path / "ok" / "config.yaml").read_text()
+    assert "tokenizer: bytes" in config and "corpus: files:" in config  # the data's, not the defaults
+    data = load_prepared(prepared_copy)
+    _poke(prepared_copy / "train.bin", 3, (int(data.tokens("train")[3]) + 1) % 256)
+    assert main([*args, "--out", str(tmp_path / "bad")]) == 2
+    assert "train.bin: content does not match the sha256" in capsys.readouterr().err

@@ -125,7 +125,11 @@ def build_config(args: argparse.Namespace):
     if args.tokenizer:
         cfg.data.tokenizer = args.tokenizer
     if args.data:
+        from lumi.data.prepare import load_prepared
+
         cfg.data.dir = str(Path(args.data).expanduser().resolve())
+        prepared = load_prepared(Path(cfg.data.dir))  # config.yaml records what the data really is
+        cfg.data.corpus, cfg.data.tokenizer = prepared.manifest["corpus"]["name"], prepared.tokenizer.spec
     if not args.resume:  # a resumed run keeps its recorded list; the files passed are checked against it
         for f in args.model_file:
             path = str(Path(f).expanduser().resolve())

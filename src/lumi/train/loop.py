@@ -756,12 +756,16 @@ def load_data(config: TrainConfig, progress: bool, info: DistInfo):
 
     d = config.data
     if d.dir:
-        return load_prepared(Path(d.dir))
-    if info.enabled and not info.is_main:
+        data = load_prepared(Path(d.dir))
+    elif info.enabled and not info.is_main:
         barrier(info)  # rank 0 prepares; the others then reuse its output
-        return prepare(d.corpus, d.tokenizer, progress=False)
-    data = prepare(d.corpus, d.tokenizer, progress=progress)
-    barrier(info)
+        data = prepare(d.corpus, d.tokenizer, progress=False)
+    else:
+        data = prepare(d.corpus, d.tokenizer, progress=progress)
+        barrier(info)
+    # Corruption that stays inside the vocabulary (the id check on open cannot see it) would train
+    # silently: hash every shard once per session (~0.3 s per 100 MB of tokens).
+    data.verify_hashes()
     return data
 
 
