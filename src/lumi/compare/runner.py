@@ -41,8 +41,19 @@ class RunJob:
     def command(self) -> list[str]:
         base = [sys.executable, "-m", "lumi", "train", "--no-progress"]
         if self.resume:
-            return base + ["--resume", str(self.run_dir)]
+            # `lumi train --resume` never imports plugins named in the run directory: pass the user's files,
+            # read from the config compare has just written from the user's spec (not from the run).
+            return base + ["--resume", str(self.run_dir)] + [a for f in self.plugin_files() for a in ("--model-file", f)]
         return base + ["--config", str(self.config_path), "--out", str(self.run_dir)]
+
+    def plugin_files(self) -> list[str]:
+        import yaml
+
+        try:
+            cfg = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+        except (OSError, ValueError, yaml.YAMLError):
+            return []
+        return [str(f) for f in (cfg.get("model") or {}).get("files") or []]
 
 
 def run_jobs(jobs: list[RunJob], parallel: int, on_start: Callable[[RunJob], None],
