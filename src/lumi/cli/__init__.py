@@ -15,6 +15,7 @@ VERBS: dict[str, str] = {
     "check": "lumi.cli.check",
     "train": "lumi.cli.train",
     "compare": "lumi.cli.compare",
+    "tune": "lumi.cli.tune",
     "eval": "lumi.cli.eval",
     "generate": "lumi.cli.generate",
     "bench": "lumi.cli.bench",

@@ -35,6 +35,13 @@ and the exact sign-flip permutation test p-values, "k of n seeds favour", and โ
 threshold (default 0.005 BPB) AND the CI excludes 0. All seeds are shown; nothing is best-of-n.
 Every run's curve is diagnosed: descending, plateaued, unstable, diverged, overfitting, suspicious.
 
+--seeds auto[:MAX] adds one seed per arm at a time (from 3) and stops once every arm is decided by an
+anytime-valid confidence sequence (better / worse / equivalent within the threshold) or at MAX (10).
+Every verdict states its power: the seeds the observed spread needs to resolve the threshold.
+--tune lr first sweeps each arm's learning rate (the same log grid rules and a fraction of the same
+budget for every arm), scored on a tuning split carved from the training documents, never on
+validation; the final runs use each arm's best value, and the report shows the whole sweep and its cost.
+
 Before training, `lumi check` runs on every arm: an arm that sees the future is refused
 (--allow-leaky trains it, flagged suspicious). Each run is its own `lumi train` process in
 compare/<name>/runs/<arm>/seed-<k>/, so a crashing arm does not stop the others. Re-running the same
@@ -50,6 +57,7 @@ examples:
   lumi compare llama:nano llama:nano+qk_norm=true --seeds 3 --budget 400steps
   lumi compare llama:micro mine:micro --model-file my_arch.py --match flops --budget 2m --jobs 2
   lumi compare --config cmp.yaml --seeds 0,1,2,3,4 --threshold 0.01
+  lumi compare llama:micro multiscale:micro --tune lr --seeds auto:8
 
 cmp.yaml:
   name: relu2-vs-swiglu
@@ -73,7 +81,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("arms", nargs="*", metavar="ARM", help="MODEL[:PRESET][+FIELD=VALUE...] (first = baseline)")
     p.add_argument("--config", metavar="FILE.yaml", help="comparison spec (arms, seeds, budget, match, data, train)")
     p.add_argument("--baseline", metavar="LABEL", help="the arm the others are compared against (default: the first)")
-    p.add_argument("--seeds", help="number of seeds (3 -> 0,1,2) or a list (0,5,7); default 2")
+    p.add_argument("--seeds", help="number of seeds (3 -> 0,1,2), a list (0,5,7), or auto[:MAX]: add seeds one at a "
+                                   "time until every verdict is decided (anytime-valid; default MAX 10); default 2")
+    p.add_argument("--tune", choices=("lr",), help="tune each arm's learning rate first (same grid rules and budget "
+                                                  "for every arm, scored on a tuning split of the training data)")
+    p.add_argument("--tune-grid", metavar="GRID", help="with --tune: learning rates 1e-3,3e-3,1e-2 or auto (default: "
+                                                       "5 points x/รท 2 apart around each arm's lr)")
+    p.add_argument("--tune-fraction", type=float, metavar="F",
+                   help="with --tune: tuning runs get this fraction of the matched budget (default 0.5)")
     p.add_argument("--budget", help="per-run budget: 600steps, 2M tokens, 3e14flops, 90s, 2m, 1h")
     p.add_argument("--match", choices=("tokens", "flops", "time"), help="what is equal across arms (default tokens)")
     p.add_argument("--threshold", type=float, metavar="BPB",
@@ -124,6 +139,20 @@ def build_spec(args: argparse.Namespace):
             raw[key] = value
     if args.allow_leaky:
         raw["allow_leaky"] = True
+    if (args.tune_grid is not None or args.tune_fraction is not None) and not (args.tune or raw.get("tune")):
+        raise LumiError("--tune-grid / --tune-fraction need --tune lr (e.g. --tune lr --tune-grid 1e-3,3e-3,1e-2)")
+    if args.tune or args.tune_grid is not None or args.tune_fraction is not None:
+        tune = raw.get("tune")
+        tune = dict(tune) if isinstance(tune, dict) else {"param": tune or args.tune}
+        if args.tune:
+            tune["param"] = args.tune
+        if args.tune_grid is not None:
+            from lumi.compare.tune import parse_grid
+
+            tune["grid"] = parse_grid(args.tune_grid, "--tune-grid")
+        if args.tune_fraction is not None:
+            tune["fraction"] = args.tune_fraction
+        raw["tune"] = tune
     data = dict(raw.get("data") or {})
     if args.corpus:
         data["corpus"] = args.corpus

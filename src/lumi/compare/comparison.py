@@ -9,6 +9,7 @@ the report. Re-running continues: finished runs are reused, interrupted ones res
 
 from __future__ import annotations
 
+import copy
 import datetime
 import hashlib
 import json
@@ -91,9 +92,14 @@ def open_comparison_dir(spec: CompareSpec, comp_dir: Path, force: bool,
     diffs = config_differences(_run_defining(saved["spec"]), _run_defining(spec.to_dict()))
     if not diffs:
         return saved
-    if not (comp_dir / "runs").exists():  # it never trained anything (e.g. a refused arm): nothing to keep
+    if not (comp_dir / "runs").exists() and not (comp_dir / "tune").exists():  # never trained: nothing to keep
         log(f"{comp_dir} held a comparison that never trained; replacing its spec ({'; '.join(diffs[:2])})")
         return None
+    tune_diffs = [d for d in diffs if d.startswith("tune")]
+    if tune_diffs and not force:  # its own line: tuning with another grid would mix two searches
+        raise LumiError(f"{str(comp_dir)!r} was tuned differently ({'; '.join(tune_diffs[:2])}); its tuned lrs and "
+                        f"runs come from that search: re-run with the same --tune/--tune-grid, or use another "
+                        f"--name / --out, or --force to start fresh (the old directory is kept beside it)")
     if not force:
         raise LumiError(f"{str(comp_dir)!r} holds a different spec ({'; '.join(diffs[:4])}"
                         f"{' ...' if len(diffs) > 4 else ''}); runs of different comparisons are never mixed: "
@@ -111,6 +117,7 @@ def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry
     """Check, plan, train (or reuse) every arm x seed, then write the report. Returns (results, files)."""
     from lumi.compare.report import write_report
     from lumi.compare.results import collect_results
+    from lumi.train.rundir import json_safe
 
     comp_dir = Path(comp_dir)
     validate_pairing(spec)
@@ -120,14 +127,16 @@ def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry
     state: dict[str, Any] = dict(saved or {})
     state["spec"] = spec.to_dict()
     _write_yaml(comp_dir / "compare.yaml", state)
-    log(f"comparison {spec.name!r} in {comp_dir}: {len(spec.arms)} arms x {len(spec.seeds)} seeds, budget "
+    seeds_text = f"seeds auto:{spec.seeds_max}" if spec.seeds_max is not None else f"{len(spec.seeds)} seeds"
+    log(f"comparison {spec.name!r} in {comp_dir}: {len(spec.arms)} arms x {seeds_text}, budget "
         f"{spec.budget}, matched {spec.match}")
 
     data_dirs = _prepare_data(spec, progress, log)
     vocab = {tok: d.vocab_size for tok, d in data_dirs.items()}
     fingerprints = {tok: d.fingerprint() for tok, d in data_dirs.items()}
     for tok, old in (state.get("data_fingerprints") or {}).items():
-        if tok in fingerprints and fingerprints[tok] != old and (comp_dir / "runs").exists():
+        trained = (comp_dir / "runs").exists() or (comp_dir / "tune").exists()
+        if tok in fingerprints and fingerprints[tok] != old and trained:
             raise LumiError(f"the prepared data for {spec.data['corpus']} / {tok} changed since this comparison's "
                             f"runs were trained (were corpus files edited?); mixing them would compare different "
                             f"data: use --force to start fresh (the old comparison is kept beside it)")
@@ -159,7 +168,6 @@ def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry
     _write_yaml(comp_dir / "compare.yaml", state)
     _log_plans(spec, plans, facts, log)
 
-    run_list = _schedule(spec, comp_dir, data_dirs, plans, threads, retry_failed, log)
     notes = []
     if spec.match == "time" and jobs > 1:
         notes.append(f"time-matched with {jobs} runs in parallel: each run's throughput depends on what ran beside it")
@@ -169,33 +177,115 @@ def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry
                      f"amount of text (compare FLOPs and BPB), and a seed fixes each arm's initialisation and "
                      f"sampling but not the same text per step, so pairing removes less noise")
     env = {"threads_per_run": threads, "jobs": jobs, "cpus": _cpu_count(), "python": sys.version.split()[0]}
-    interrupted = False
-    if run_list:
-        from lumi.compare.display import CompareDisplay
 
-        total_steps = {k: p.steps for k, p in plans.items()}
-        reused = len(spec.arms) * len(spec.seeds) - len(run_list)
-        display = CompareDisplay(run_list, total_steps, reused, enabled=progress)
+    # Equal tuning effort: each arm's lr is chosen on the tuning split before any final run; the final runs
+    # use run_spec (the spec with each arm's chosen optimizer settings).
+    run_spec = copy.deepcopy(spec)  # its seeds grow with seeds: auto; the caller's spec stays as requested
+    tuning = None
+    if spec.tune:
+        from lumi.compare.tune import run_tuning
 
-        def ended(job: RunJob) -> None:
-            _mark_killed(job, log)  # first, so the display and the report see the recorded status
-            display.finished(job)
+        tuning = run_tuning(spec, comp_dir, data_dirs, plans, threads, jobs, retry_failed, progress, log)
+        state["tuning"] = tuning
+        _write_yaml(comp_dir / "compare.yaml", state)
+        for arm in run_spec.arms:
+            arm.optim = dict(tuning["arms"][arm.label]["optim"])
+            log(f"  {arm.label}: {tuning['param']} = {tuning['arms'][arm.label]['chosen']:g} (tuning-split BPB "
+                f"{tuning['arms'][arm.label]['chosen_tune_bpb']:.4f})")
 
-        try:
-            run_jobs(run_list, jobs, display.started, ended, display.tick)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            display.close()
+    # Seeds: a fixed list, or (seeds: auto) rounds of one more seed per arm until the stop rule holds.
     plan_dicts = {k: {**p.to_dict(), **facts[k].to_dict()} for k, p in plans.items()}
-    results = collect_results(spec, comp_dir, checks=checks, plans=plan_dicts, env=env, notes=notes)
+    rounds: list[dict[str, Any]] = []
+    while True:
+        run_list = _schedule(run_spec, comp_dir, data_dirs, plans, threads, retry_failed, log)
+        reused = len(spec.arms) * len(run_spec.seeds) - len(run_list)
+        interrupted = execute_jobs(run_list, jobs, {k: p.steps for k, p in plans.items()}, reused, progress, log)
+        results = collect_results(run_spec, comp_dir, checks=checks, plans=plan_dicts, env=env, notes=notes)
+        if spec.seeds_max is None or interrupted:
+            break
+        stop, reason = _auto_round(results, run_spec, rounds)
+        log(f"seeds auto: {len(run_spec.seeds)} seeds: " + "; ".join(_decision_text(a, rounds[-1]["decisions"])
+                                                                       for a in results["arms"]
+                                                                       if a["label"] in rounds[-1]["decisions"])
+            + (f" -> stop ({reason})" if stop else " -> one more seed"))
+        if stop:
+            break
+        run_spec.seeds = list(range(len(run_spec.seeds) + 1))
+    if spec.seeds_max is not None:
+        _attach_auto(results, spec, rounds, interrupted)
+    results["spec"] = json_safe(spec.to_dict())  # the requested spec (run_spec carries the tuned lrs)
+    if tuning is not None:
+        results["tuning"] = json_safe(tuning)
     files = write_report(results, comp_dir, make_plots=make_plots)
     if interrupted:
         done = sum(r["status"] in REUSABLE for a in results["arms"] for r in a["runs"])
-        log(f"interrupted: {done} of {len(spec.arms) * len(spec.seeds)} runs finished; partial report in "
+        log(f"interrupted: {done} of {len(spec.arms) * len(run_spec.seeds)} runs finished; partial report in "
             f"{files['report']}; re-run the same command to resume")
         raise KeyboardInterrupt
     return results, files
+
+
+def execute_jobs(run_list: list[RunJob], jobs: int, total_steps: dict[str, int | None], reused: int,
+                 progress: bool, log: Callable[[str], None]) -> bool:
+    """Run the jobs with the live display; True when interrupted (Ctrl-C / SIGTERM: children checkpointed)."""
+    if not run_list:
+        return False
+    from lumi.compare.display import CompareDisplay
+
+    display = CompareDisplay(run_list, total_steps, reused, enabled=progress)
+
+    def ended(job: RunJob) -> None:
+        _mark_killed(job, log)  # first, so the display and the report see the recorded status
+        display.finished(job)
+
+    try:
+        run_jobs(run_list, jobs, display.started, ended, display.tick)
+    except KeyboardInterrupt:
+        return True
+    finally:
+        display.close()
+    return False
+
+
+def _auto_round(results: dict[str, Any], spec: CompareSpec, rounds: list[dict[str, Any]]) -> tuple[bool, str]:
+    """Record this round's decisions (anytime-valid: see lumi.compare.sequential); (stop?, why)."""
+    from lumi.compare.sequential import round_decisions
+
+    decisions = round_decisions(results["arms"], spec.threshold)
+    rounds.append({"seeds": len(spec.seeds), "decisions": decisions})
+    if all(d != "undecided" for d in decisions.values()):
+        return True, "every arm decided"
+    if len(spec.seeds) >= spec.seeds_max:
+        return True, f"reached the maximum of {spec.seeds_max} seeds"
+    return False, ""
+
+
+def _decision_text(arm: dict[str, Any], decisions: dict[str, str]) -> str:
+    """'multiscale undecided (Δ -0.0675, anytime-valid interval [-0.1973, 0.0622])'."""
+    vs = arm.get("vs_baseline") or {}
+    lo, hi, mean = vs.get("cs_low"), vs.get("cs_high"), vs.get("mean_diff")
+    interval = f"[{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else "unbounded"
+    delta = f"Δ {mean:+.4f}, " if mean is not None else ""
+    return f"{arm['label']} {decisions[arm['label']]} ({delta}anytime-valid interval {interval})"
+
+
+def _attach_auto(results: dict[str, Any], spec: CompareSpec, rounds: list[dict[str, Any]], interrupted: bool) -> None:
+    """The stop rule, every round's decisions and the stop reason, in results.json and on each arm."""
+    from lumi.compare.sequential import SeedsRule
+
+    last = rounds[-1] if rounds else {"seeds": len(results.get("seeds", [])), "decisions": {}}
+    if interrupted:
+        reason = "interrupted: re-run the same command to continue deciding"
+    elif all(d != "undecided" for d in last["decisions"].values()):
+        reason = "every arm decided"
+    else:
+        reason = f"reached the maximum of {spec.seeds_max} seeds"
+    results["seeds_rule"] = {**SeedsRule(spec.seeds_max).to_dict(), "rounds": rounds, "stopped_after": last["seeds"],
+                             "stop_reason": reason}
+    for a in results["arms"]:
+        if not a.get("is_baseline"):
+            a["sequential"] = {"decision": last["decisions"].get(a["label"], "undecided"), "seeds": last["seeds"],
+                               "reason": reason}
 
 
 # -- steps -------------------------------------------------------------------------------------------
@@ -258,11 +348,12 @@ def _prepare_data(spec: CompareSpec, progress: bool, log: Callable[[str], None])
     return out
 
 
-def _definition_hash(arm, vocab_size: int) -> str:
-    """What a check result depends on: the arm, the vocabulary, the model and check code, plugin files."""
+def _definition_hash(arm, vocab_size: int, probe_lengths: list[int]) -> str:
+    """What a check result depends on: the arm, the vocabulary, the probed lengths, the model and check
+    code, plugin files."""
     import lumi
 
-    h = hashlib.sha256(json.dumps([arm.name, arm.preset, arm.overrides, vocab_size, CHECK_SEQ_LEN,
+    h = hashlib.sha256(json.dumps([arm.name, arm.preset, arm.overrides, vocab_size, CHECK_SEQ_LEN, probe_lengths,
                                    lumi.__version__], sort_keys=True, default=str).encode())
     root = Path(lumi.__file__).parent
     for path in sorted([*root.glob("models/*.py"), *root.glob("check/*.py")]) + [Path(f) for f in arm.files]:
@@ -272,9 +363,12 @@ def _definition_hash(arm, vocab_size: int) -> str:
 
 def _run_checks(spec: CompareSpec, comp_dir: Path, vocab: dict[str, int],
                 log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """`lumi check` on every arm (cached by definition). Refuses leaky arms unless spec.allow_leaky."""
+    """`lumi check` on every arm (cached by definition), its causality probes also at the comparison's
+    training (= evaluation) length. Refuses leaky arms unless spec.allow_leaky."""
     from lumi.check.runner import run_checks
     from lumi.train.rundir import write_json
+
+    probe_lengths = [train_settings(spec).seq_len]
 
     cache_path = comp_dir / "checks.json"
     try:
@@ -283,13 +377,14 @@ def _run_checks(spec: CompareSpec, comp_dir: Path, vocab: dict[str, int],
         cache = {}
     checks: dict[str, dict[str, Any]] = {}
     for arm in spec.arms:
-        key = _definition_hash(arm, vocab[spec.tokenizer_of(arm)])
+        key = _definition_hash(arm, vocab[spec.tokenizer_of(arm)], probe_lengths)
         if key in cache:
             report = cache[key]
         else:
-            log(f"lumi check {arm.label} ({arm.spec()}, vocab {vocab[spec.tokenizer_of(arm)]}) ...")
+            log(f"lumi check {arm.label} ({arm.spec()}, vocab {vocab[spec.tokenizer_of(arm)]}, causality also at "
+                f"T={probe_lengths[0]}) ...")
             report = run_checks(arm.name, arm.preset, arm.overrides, vocab_size=vocab[spec.tokenizer_of(arm)],
-                                seq_len=CHECK_SEQ_LEN).to_dict()
+                                seq_len=CHECK_SEQ_LEN, extra_lengths=probe_lengths).to_dict()
             cache[key] = report
             write_json(cache_path, cache)
         checks[arm.label] = report
@@ -301,10 +396,11 @@ def _run_checks(spec: CompareSpec, comp_dir: Path, vocab: dict[str, int],
             raise LumiError(f"arm {arm.label!r} failed lumi check: {leaks[0]['name']}: {leaks[0]['detail']}. A model "
                             f"that sees the future has a meaningless BPB, so nothing was trained; fix the model "
                             f"(`lumi check {arm.name}{' --preset ' + arm.preset if arm.preset else ''}`), or pass "
-                            f"--allow-leaky to train it anyway (its runs are flagged suspicious)")
+                            f"--allow-leaky to train it anyway (it then gets no verdict, and runs whose trained "
+                            f"weights leak are marked LEAK)")
         else:
             log(f"  WARNING {arm.label}: failed " + "; ".join(f"{r['name']}: {r['detail']}" for r in failed)
-                + " — training it anyway, flagged suspicious")
+                + " — training it anyway; it gets no verdict")
     return checks
 
 
@@ -326,7 +422,10 @@ def run_config(spec: CompareSpec, arm, seed: int, plan: ArmPlan, data_dir: Path,
         "model": {"name": arm.name, "preset": arm.preset, "overrides": dict(arm.overrides), "files": list(arm.files)},
         "data": {"corpus": spec.data["corpus"], "tokenizer": spec.tokenizer_of(arm), "dir": str(data_dir)},
         "optim": {**spec.optim, **arm.optim},
-        "train": {**spec.train, "seed": seed, "budget": plan.budget, "threads": threads},
+        # `lumi check` already probed the arm at this length (_run_checks), so the child skips its own
+        # pre-training probe; it still audits its final weights. allow_leaky mirrors --allow-leaky.
+        "train": {**spec.train, "seed": seed, "budget": plan.budget, "threads": threads,
+                  "causality_preflight": False, "allow_leaky": bool(spec.allow_leaky)},
     }
     return TrainConfig.from_dict(raw, f"comparison {spec.name!r}, arm {arm.label!r}").to_dict()
 
@@ -334,49 +433,64 @@ def run_config(spec: CompareSpec, arm, seed: int, plan: ArmPlan, data_dir: Path,
 def _schedule(spec: CompareSpec, comp_dir: Path, data: dict[str, Any], plans: dict[str, ArmPlan], threads: int,
               retry_failed: bool, log: Callable[[str], None]) -> list[RunJob]:
     """Seed-major list of runs still to do; finished ones are reused, interrupted ones resumed."""
-    from lumi.train.checkpoint import find_checkpoint
-    from lumi.train.rundir import config_differences
-
     todo: list[RunJob] = []
-    counts = {"reused": 0, "resumed": 0, "to train": 0, "failed (kept; --retry-failed runs them again)": 0}
+    counts = new_counts()
     for seed in spec.seeds:
         for arm in spec.arms:
             cfg = run_config(spec, arm, seed, plans[arm.label], Path(data[spec.tokenizer_of(arm)].directory).resolve(),
                              threads)
             cfg_path = comp_dir / "configs" / arm.dirname / f"seed-{seed}.yaml"
-            cfg_path.parent.mkdir(parents=True, exist_ok=True)
-            _write_yaml(cfg_path, cfg)
             run_dir = comp_dir / "runs" / arm.dirname / f"seed-{seed}"
             job = RunJob(arm.label, seed, run_dir, cfg_path, comp_dir / "logs" / arm.dirname / f"seed-{seed}.log")
-            status = _status(run_dir)
-            if status is not None:
-                saved = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-                if isinstance(saved, dict):
-                    diffs = [d for d in config_differences(saved, cfg) if not d.startswith("train.threads:")]
-                    if diffs:
-                        raise LumiError(f"run {run_dir} was trained with a different config ({'; '.join(diffs[:3])}) "
-                                        f"although the comparison's spec is the same (moved data or plugin files?); "
-                                        f"it cannot be reused or resumed: move it away to retrain it, or use "
-                                        f"another --out")
-            if status in REUSABLE:
-                counts["reused"] += 1
-                continue
-            if status == "failed" and not retry_failed:
-                counts["failed (kept; --retry-failed runs them again)"] += 1
-                continue
-            if status == "failed":
-                _move_aside(run_dir, ".failed", log)
-            elif run_dir.exists():
-                if find_checkpoint(run_dir / "checkpoints") is not None:
-                    job.resume = True
-                    counts["resumed"] += 1
-                    todo.append(job)
-                    continue
-                _move_aside(run_dir, ".incomplete", log)  # killed before its first checkpoint: start over
-            counts["to train"] += 1
-            todo.append(job)
+            if needs_training(job, cfg, retry_failed, counts, log):
+                todo.append(job)
     log("runs: " + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in ("reused", "to train")))
     return todo
+
+
+def new_counts() -> dict[str, int]:
+    return {"reused": 0, "resumed": 0, "to train": 0, "failed (kept; --retry-failed runs them again)": 0}
+
+
+def needs_training(job: RunJob, cfg: dict[str, Any], retry_failed: bool, counts: dict[str, int],
+                   log: Callable[[str], None]) -> bool:
+    """Write the job's config; True when it must (re)train or resume, False when its finished run is reused.
+
+    A run trained with another config (thread count excepted) is refused: it is never silently reused.
+    """
+    from lumi.train.checkpoint import find_checkpoint
+    from lumi.train.rundir import config_differences
+
+    job.config_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_yaml(job.config_path, cfg)
+    run_dir = job.run_dir
+    status = _status(run_dir)
+    if status is not None:
+        saved = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+        if isinstance(saved, dict):
+            diffs = [d for d in config_differences(saved, cfg)
+                     if not d.startswith(("train.threads:", "train.allow_leaky:"))]
+            if diffs:
+                raise LumiError(f"run {run_dir} was trained with a different config ({'; '.join(diffs[:3])}) "
+                                f"although the comparison's spec is the same (moved data or plugin files?); "
+                                f"it cannot be reused or resumed: move it away to retrain it, or use "
+                                f"another --out")
+    if status in REUSABLE:
+        counts["reused"] += 1
+        return False
+    if status == "failed" and not retry_failed:
+        counts["failed (kept; --retry-failed runs them again)"] += 1
+        return False
+    if status == "failed":
+        _move_aside(run_dir, ".failed", log)
+    elif run_dir.exists():
+        if find_checkpoint(run_dir / "checkpoints") is not None:
+            job.resume = True
+            counts["resumed"] += 1
+            return True
+        _move_aside(run_dir, ".incomplete", log)  # killed before its first checkpoint: start over
+    counts["to train"] += 1
+    return True
 
 
 def _status(run_dir: Path) -> str | None:

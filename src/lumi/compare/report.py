@@ -108,12 +108,46 @@ def arm_status(arm: dict[str, Any]) -> str:
     return arm.get("status", "") + (f"; {diags}" if diags else "")
 
 
+def fmt_power(vs: dict[str, Any], anytime: bool = False) -> str | None:
+    """'resolving ±0.005 needs ~7 seeds at the observed spread (sd 0.0041)'; None without a spread."""
+    needed = vs.get("seeds_needed_anytime" if anytime else "seeds_needed")
+    sd, thr = vs.get("std_diff"), vs.get("threshold")
+    if not is_number(needed) or not is_number(sd) or not is_number(thr):
+        return None
+    from lumi.compare.stats import SEEDS_NEEDED_CAP
+
+    count = f"> {SEEDS_NEEDED_CAP:,}" if needed > SEEDS_NEEDED_CAP else f"~{needed}"
+    how = " with the anytime-valid interval" if anytime else ""
+    return f"resolving ±{thr:g} needs {count} seeds{how} at the observed spread (sd {sd:.4f})"
+
+
+def sequential_verdict(decision: str | None, threshold: Any, default: str) -> str:
+    """The verdict word of a `seeds: auto` decision (lumi.compare.sequential.decide)."""
+    if decision == "equivalent":
+        return f"equivalent (within ±{threshold:g})" if is_number(threshold) else "equivalent"
+    return {"better": "better", "worse": "worse", "undecided": "no clear difference"}.get(decision or "", default)
+
+
+def fmt_sequential(seq: dict[str, Any], vs: dict[str, Any]) -> str:
+    """'seeds auto: better after 4 seeds (anytime-valid 95% interval [-0.09, -0.02])'."""
+    lo, hi = vs.get("cs_low"), vs.get("cs_high")
+    interval = f"[{lo:.4f}, {hi:.4f}]" if is_number(lo) and is_number(hi) else "unbounded"
+    return (f"seeds auto: {seq.get('decision', 'undecided')} after {seq.get('seeds', '?')} seeds "
+            f"(anytime-valid 95% interval {interval}; {seq.get('reason', '')})").replace("; )", ")")
+
+
 def verdict_line(arm: dict[str, Any], baseline: str) -> str:
     """'idea vs base: no clear difference — Δ -0.0250 [...] BPB over 2 paired seeds, 2 of 2 seeds favour ...'."""
     vs = arm.get("vs_baseline") or {}
     n = vs.get("n", 0)
-    head = f"{arm['label']} vs {baseline}: {vs.get('verdict', 'not enough seeds')}"
+    verdict = vs.get("verdict", "not enough seeds")
+    seq = arm.get("sequential")
+    if seq and not vs.get("withheld"):  # seeds auto: the anytime-valid decision is the verdict (docs/compare.md)
+        verdict = sequential_verdict(seq.get("decision"), vs.get("threshold"), verdict)
+    head = f"{arm['label']} vs {baseline}: {verdict}"
     if not n:
+        if vs.get("withheld"):
+            return f"{head} — WITHHELD: {vs['withheld']}"
         return f"{head} — no seed has a final BPB for both arms yet"
     parts = [f"Δ {fmt_delta(vs, mark=False)} BPB over {n} paired seed{'s' if n != 1 else ''}",
              f"{vs['wins']} of {n} seeds favour the arm"]
@@ -122,12 +156,19 @@ def verdict_line(arm: dict[str, Any], baseline: str) -> str:
                      f"{fmt_p(vs.get('p_permutation'), vs.get('permutation_exact'))} (sign-flip)")
         if is_number(vs.get("p_wilcoxon")):
             parts.append(f"Wilcoxon p = {fmt_p(vs['p_wilcoxon'])}")
+    power = fmt_power(vs, anytime=bool(seq))
+    if power:
+        parts.append(power)
+    if seq:
+        parts.append(fmt_sequential(seq, vs))
     # What the verdict does not see must be said next to it, not only in the notes.
     excluded = [f"seed {r['seed']} {r['status']}" for r in arm.get("runs", [])
-                if r.get("status") in ("failed", "diverged", "interrupted", "running")]
+                if r.get("status") in ("failed", "diverged", "interrupted", "running", "LEAK")]
     if excluded:
         parts.append("EXCLUDED from the pairing: " + ", ".join(excluded))
-    if arm.get("check_passed") is False:
+    if vs.get("withheld"):
+        parts.append(f"WITHHELD: {vs['withheld']}")
+    elif arm.get("check_passed") is False:
         parts.append("SUSPICIOUS: the model failed lumi check, so this BPB is not trustworthy")
     return f"{head} — " + ", ".join(parts)
 
@@ -219,6 +260,8 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None
         out += ["## Verdict", ""]
         out += [f"- {verdict_line(a, baseline)}" for a in others]
         out.append("")
+    out += seeds_rule_lines(results.get("seeds_rule"))
+    out += tuning_lines(results.get("tuning"))
 
     out += ["## Every seed", "", _row(["arm", "seed", "status", "val BPB", "Δ", "steps", "tokens", "wall",
                                        "diagnoses"]), "|" + "---|" * 9]
@@ -267,6 +310,63 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None
         if plot_error:
             out += [f"(plots not written: {plot_error})", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def seeds_rule_lines(rule: dict[str, Any] | None) -> list[str]:
+    """'## Adaptive seeds': the stop rule, each round's decisions and why it stopped (seeds: auto)."""
+    if not rule:
+        return []
+    out = ["## Adaptive seeds", "",
+           f"- Rule: seeds auto:{rule.get('max_seeds')} — from {rule.get('min_seeds')} seeds, one more seed per arm "
+           f"until every arm is decided: better / worse (the anytime-valid {100 * (1 - rule.get('alpha', 0.05)):g}% "
+           "interval excludes 0 and |mean Δ| ≥ the threshold) or equivalent (the interval lies inside ± the "
+           "threshold)",
+           f"- Method: {rule.get('method')} (τ² = {rule.get('tau2'):g}): valid however often the seeds are looked at",
+           f"- Stopped after {rule.get('stopped_after')} seeds: {rule.get('stop_reason')}", ""]
+    rounds = rule.get("rounds") or []
+    if rounds:
+        labels = list(rounds[0].get("decisions", {}))
+        out += [_row(["seeds", *labels]), "|" + "---|" * (1 + len(labels))]
+        out += [_row([r["seeds"], *[r["decisions"].get(label, DASH) for label in labels]]) for r in rounds]
+        out.append("")
+    return out
+
+
+def tuning_lines(tuning: dict[str, Any] | None) -> list[str]:
+    """'## Tuning': every grid point's tuning-split BPB, the chosen value and the cost, per arm."""
+    if not tuning:
+        return []
+    grid = tuning.get("grid")
+    grid_text = "auto (5 points ×/÷ 2 apart around each arm's own lr)" if grid == "auto" else \
+        ", ".join(f"{v:g}" for v in grid or [])
+    splits = tuning.get("split") or {}
+    split_text = "; ".join(f"{tok}: training tokens {sp.get('cut_token'):,}–{sp.get('parent_train_tokens'):,}, the "
+                           f"last ~{100 * sp.get('fraction', 0):g}% cut at a document boundary"
+                           for tok, sp in splits.items())
+    out = ["## Tuning", "",
+           f"- Tuned: {tuning.get('param')} over grid {grid_text}; every arm gets the same rules: seed "
+           f"{tuning.get('seed')}, {tuning.get('fraction'):g} × its matched budget",
+           f"- Scored on the tuning split, never on validation ({split_text}); tuning runs train on the rest",
+           "", _row(["arm", "value", "tuning-split BPB", "status", "steps", "tokens", "wall", "chosen"]),
+           "|" + "---|" * 8]
+    total = {"runs": 0, "tokens": 0, "seconds": 0.0}
+    for label, arm in (tuning.get("arms") or {}).items():
+        for p in arm.get("points", []):
+            bpb = f"{p['tune_bpb']:.4f}" if is_number(p.get("tune_bpb")) else p.get("status", DASH)
+            out.append(_row([label, f"{p['value']:g}", bpb, p.get("status", DASH),
+                             p["steps"] if is_number(p.get("steps")) else DASH, fmt_count(p.get("tokens")),
+                             fmt_wall(p.get("wall_s")), "✓" if p["value"] == arm.get("chosen") else ""]))
+        for k in total:
+            total[k] += (arm.get("cost") or {}).get(k) or 0
+    out.append("")
+    for label, arm in (tuning.get("arms") or {}).items():
+        cost = arm.get("cost") or {}
+        out.append(f"- {label}: chosen {tuning.get('param')} = {arm.get('chosen'):g} (tuning-split BPB "
+                   f"{arm.get('chosen_tune_bpb'):.4f}); cost {cost.get('runs')} runs, {fmt_count(cost.get('tokens'))} "
+                   f"tokens, {fmt_wall(cost.get('seconds'))}" + "".join(f"; {n}" for n in arm.get("notes", [])))
+    out += [f"- Tuning cost in all: {total['runs']} runs, {fmt_count(total['tokens'])} tokens, "
+            f"{fmt_wall(total['seconds'])} of training", ""]
+    return out
 
 
 def write_report(results: dict[str, Any], comp_dir: str | Path, make_plots: bool = True) -> dict[str, Path]:
@@ -330,6 +430,19 @@ def print_table(results: dict[str, Any], file: TextIO | None = None) -> None:
             print(verdict_line(a, baseline), file=f)
     print(f"✓ = |Δ| ≥ {results.get('threshold', 0.005):g} BPB and the 95% CI excludes 0; Δ < 0 favours the arm",
           file=f)
+    rule = results.get("seeds_rule")
+    if rule:
+        print(f"seeds auto:{rule.get('max_seeds')}: stopped after {rule.get('stopped_after')} seeds "
+              f"({rule.get('stop_reason')}); verdicts from an anytime-valid 95% interval", file=f)
+    tuning = results.get("tuning")
+    if tuning:
+        arms_t = tuning.get("arms") or {}
+        cost = {k: sum((a.get("cost") or {}).get(k) or 0 for a in arms_t.values())
+                for k in ("runs", "tokens", "seconds")}
+        print(f"tuned {tuning.get('param')} (on the tuning split, not validation): "
+              + ", ".join(f"{label} {a.get('chosen'):g}" for label, a in arms_t.items())
+              + f"; tuning cost {cost['runs']} runs, {fmt_count(cost['tokens'])} tokens, {fmt_wall(cost['seconds'])}",
+              file=f)
     notes = results.get("notes") or []
     if notes:
         print("\nnotes:", file=f)

@@ -18,27 +18,31 @@ from lumi.errors import LumiError, closest
 MATCHES = ("tokens", "flops", "time")
 DEFAULT_THRESHOLD = 0.005
 SPEC_KEYS = ("name", "arms", "baseline", "seeds", "budget", "match", "threshold", "jobs", "data", "train", "optim",
-             "allow_leaky")
+             "allow_leaky", "tune")
 DATA_KEYS = ("corpus", "tokenizer", "dir")
+
+FALLBACK_BUDGET = "160steps"  # a YAML spec without budget:
 
 # The main job (`lumi compare` with no arguments): the LUMI-Arch claim at CPU size. multiscale:micro has
 # exactly llama:micro's parameter count (2,098,304 at vocab 4096), so matching tokens also matches
-# parameters; its FLOPs/token differ and are printed. Sized for about 5 minutes on 2 CPU cores.
+# parameters; its FLOPs/token differ and are printed. Sized for about 5 minutes on 2 CPU cores: short runs
+# and adaptive seeds (3, then one more per round up to 6, stopping once the anytime-valid interval decides),
+# because 2 seeds of longer runs give an interval too wide to decide anything.
 DEFAULT_COMPARISON: dict[str, Any] = {
     "name": "default",
     "arms": [
         {"model": "llama:micro", "label": "llama"},
         {"model": "multiscale:micro", "label": "multiscale"},
     ],
-    "seeds": 2,
-    "budget": "160steps",
+    "seeds": "auto:6",
+    "budget": "100steps",
     "match": "tokens",
     "threshold": DEFAULT_THRESHOLD,
     "jobs": 2,
     "data": {"corpus": "shakespeare", "tokenizer": "bpe:4096"},
-    "train": {"seq_len": 128, "batch_size": 16, "eval_every_steps": 40, "eval_every_s": None,
+    "train": {"seq_len": 128, "batch_size": 16, "eval_every_steps": 25, "eval_every_s": None,
               "eval_tokens": 16384, "checkpoint_every_s": 30},
-    "optim": {"name": "adamw", "lr": 3e-3},
+    "optim": {},  # Lumi's default recipe (lumi.train.config.OptimSection), the same for both arms
 }
 
 
@@ -56,6 +60,8 @@ class CompareSpec:
     train: dict[str, Any] = field(default_factory=dict)  # shared by every arm (seq_len, batch_size, evals ...)
     optim: dict[str, Any] = field(default_factory=dict)  # shared; an arm's own optim goes on top
     allow_leaky: bool = False
+    seeds_max: int | None = None  # seeds: auto[:MAX]: one seed at a time up to this (lumi.compare.sequential)
+    tune: dict[str, Any] | None = None  # {param: lr, grid: auto | [..], fraction}: per-arm sweep (lumi.compare.tune)
 
     def arm(self, label: str) -> Arm:
         for a in self.arms:
@@ -67,10 +73,15 @@ class CompareSpec:
         return arm.tokenizer or self.data["tokenizer"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "arms": [a.to_dict() for a in self.arms], "baseline": self.baseline,
-                "seeds": list(self.seeds), "budget": self.budget, "match": self.match, "threshold": self.threshold,
-                "jobs": self.jobs, "data": dict(self.data), "train": dict(self.train), "optim": dict(self.optim),
-                "allow_leaky": self.allow_leaky}
+        d = {"name": self.name, "arms": [a.to_dict() for a in self.arms], "baseline": self.baseline,
+             "seeds": list(self.seeds) if self.seeds_max is None else f"auto:{self.seeds_max}",
+             "budget": self.budget, "match": self.match, "threshold": self.threshold,
+             "jobs": self.jobs, "data": dict(self.data), "train": dict(self.train), "optim": dict(self.optim),
+             "allow_leaky": self.allow_leaky}
+        if self.tune:  # only when set: specs saved before tuning existed stay equal
+            d["tune"] = {**self.tune, "grid": self.tune["grid"] if self.tune["grid"] == "auto" else
+                         list(self.tune["grid"])}
+        return d
 
 
 def default_spec_dict() -> dict[str, Any]:
@@ -105,7 +116,8 @@ def parse_seeds(value: Any) -> list[int]:
         items = value.split(",") if isinstance(value, str) else list(value)
         seeds = [int(str(s).strip()) for s in items]
     except (TypeError, ValueError):
-        raise LumiError(f"seeds must be a count (3 -> 0,1,2) or a list of integers (0,5,7), got {value!r}") from None
+        raise LumiError(f"seeds must be a count (3 -> 0,1,2), a list of integers (0,5,7) or auto[:MAX] (add seeds "
+                        f"until the verdict is decided), got {value!r}") from None
     if not seeds or any(s < 0 for s in seeds):
         raise LumiError(f"seeds must be a non-empty list of integers >= 0, got {value!r}")
     if len(set(seeds)) != len(seeds):
@@ -191,7 +203,7 @@ def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = N
         raise LumiError(f"{where}: jobs must be a whole number >= 1, got {raw.get('jobs')!r}") from None
     if jobs < 1:
         raise LumiError(f"{where}: jobs must be >= 1, got {jobs}")
-    budget = str(raw.get("budget") or DEFAULT_COMPARISON["budget"])
+    budget = str(raw.get("budget") or FALLBACK_BUDGET)
     from lumi.train.config import parse_budget
 
     try:
@@ -210,8 +222,17 @@ def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = N
     name = str(raw.get("name") or default_name or auto_name(arms))
     if "/" in name or name in (".", ".."):
         raise LumiError(f"{where}: name {name!r} must be a plain directory name (no '/')")
-    return CompareSpec(name=name, arms=arms, baseline=baseline, seeds=parse_seeds(raw.get("seeds", 2)),
-                       budget=budget, match=match, threshold=threshold, jobs=jobs, data=data,
+    from lumi.compare.sequential import AUTO_MIN_SEEDS, parse_auto_seeds
+    from lumi.compare.tune import tune_section
+
+    try:
+        seeds_max = parse_auto_seeds(raw.get("seeds"))
+    except LumiError as e:
+        raise LumiError(f"{where}: {e}") from None
+    seeds = list(range(AUTO_MIN_SEEDS)) if seeds_max is not None else parse_seeds(raw.get("seeds", 2))
+    return CompareSpec(name=name, arms=arms, baseline=baseline, seeds=seeds, seeds_max=seeds_max,
+                       tune=tune_section(raw.get("tune"), where), budget=budget, match=match, threshold=threshold,
+                       jobs=jobs, data=data,
                        train=_section(raw, "train", where), optim=_section(raw, "optim", where),
                        allow_leaky=_flag(raw.get("allow_leaky", False), "allow_leaky", where))
 

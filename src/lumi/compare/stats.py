@@ -132,9 +132,56 @@ class PairedComparison:
     missing_arm: list[int] = field(default_factory=list)  # seeds the baseline has but the arm lacks
     missing_baseline: list[int] = field(default_factory=list)  # seeds the arm has but the baseline lacks
     notes: list[str] = field(default_factory=list)
+    # Anytime-valid 95% interval (lumi.compare.sequential): valid however many times the seeds were looked at.
+    cs_low: float | None = None
+    cs_high: float | None = None
+    # Power (see seeds_needed): seeds at which the observed mean Δ and spread would resolve the threshold,
+    # with the fixed-n t interval and with the anytime-valid one (`seeds: auto`).
+    seeds_needed: int | None = None
+    seeds_needed_anytime: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+SEEDS_NEEDED_CAP = 10_000
+
+
+def seeds_needed(mean: float | None, std: float | None, threshold: float, anytime: bool = False) -> int | None:
+    """Power: the smallest n at which, with the observed mean Δ and seed-to-seed spread sd(Δ), the verdict
+    rule would resolve the threshold — the interval's half-width h(n) falls below the margin:
+    |mean| when |mean| >= threshold (the interval then excludes 0: better / worse), else
+    threshold - |mean| (the interval then lies inside ±threshold: equivalent). h(n) is the 95% t
+    half-width t_{0.975,n-1} sd/sqrt(n), or with ``anytime`` the confidence sequence's (lumi.compare.sequential).
+
+    None when it cannot be said (fewer than 2 seeds: no spread; threshold 0); SEEDS_NEEDED_CAP + 1 when more
+    than SEEDS_NEEDED_CAP seeds would be needed (e.g. |mean| right at the threshold).
+    """
+    if mean is None or std is None or not is_number(mean) or not is_number(std) or threshold <= 0:
+        return None
+    margin = abs(mean) if abs(mean) >= threshold else threshold - abs(mean)
+    if std == 0:  # identical differences: decided as soon as the interval is bounded at all
+        return (3 if anytime else 2) if margin > 0 else SEEDS_NEEDED_CAP + 1
+    ok = np.flatnonzero(_half_width_factors(anytime) * std < margin)
+    return int(ok[0]) + 2 if len(ok) else SEEDS_NEEDED_CAP + 1
+
+
+_FACTORS: dict[bool, np.ndarray] = {}
+
+
+def _half_width_factors(anytime: bool) -> np.ndarray:
+    """h(n) / sd for n = 2 .. SEEDS_NEEDED_CAP (index n - 2), computed once."""
+    if anytime not in _FACTORS:
+        from scipy import stats as sps
+
+        from lumi.compare.sequential import cs_half_width
+
+        n = np.arange(2, SEEDS_NEEDED_CAP + 1)
+        if anytime:
+            _FACTORS[anytime] = np.array([cs_half_width(int(k), 1.0) for k in n])
+        else:
+            _FACTORS[anytime] = sps.t.ppf(0.5 + CONFIDENCE / 2, n - 1) / np.sqrt(n)
+    return _FACTORS[anytime]
 
 
 def compare_paired(label: str, baseline_label: str, arm_values: dict[int, float],
@@ -197,6 +244,12 @@ def compare_paired(label: str, baseline_label: str, arm_values: dict[int, float]
         else:
             p_wil = _wilcoxon_exact(d)
 
+    cs: tuple[float | None, float | None] = (None, None)
+    if n >= 2:
+        from lumi.compare.sequential import confidence_sequence
+
+        low, high = confidence_sequence(d)
+        cs = (low if math.isfinite(low) else None, high if math.isfinite(high) else None)
     clears = bool(n >= 2 and ci_low is not None and ci_high is not None and mean is not None
                   and (ci_high < 0 or ci_low > 0) and abs(mean) >= threshold)
     if n < 2:
@@ -211,7 +264,9 @@ def compare_paired(label: str, baseline_label: str, arm_values: dict[int, float]
         differences=[float(x) for x in d], mean_diff=mean, std_diff=std, t_stat=t_stat, df=df, p_ttest=p_t,
         ci_low=ci_low, ci_high=ci_high, p_permutation=p_perm, permutation_exact=perm_exact, p_wilcoxon=p_wil,
         wins=wins, losses=losses, ties=ties, clears_threshold=clears, verdict=verdict,
-        missing_arm=missing_arm, missing_baseline=missing_base, notes=notes)
+        missing_arm=missing_arm, missing_baseline=missing_base, notes=notes,
+        cs_low=cs[0], cs_high=cs[1], seeds_needed=seeds_needed(mean, std, threshold),
+        seeds_needed_anytime=seeds_needed(mean, std, threshold, anytime=True))
 
 
 def _wilcoxon_exact(d: np.ndarray) -> float | None:
