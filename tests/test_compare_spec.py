@@ -215,4 +215,4 @@ def test_a_child_killed_outright_is_recorded_as_failed_with_its_log(tmp_path):
     # Ctrl-C (exit 130) before the child wrote its status is not a failure: the next run resumes it.
     (run / "summary.json").write_text(json.dumps({"status": "running"}))
     _mark_killed(RunJob("a", 0, run, job.config_path, job.log_path, returncode=130), log=lambda _: None)
-    assert _status(run) == "running"
+    assert _status(run) == "interrupted"

@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         # `lumi compare` is the main job, but a bare `lumi` should teach, not start training.
         parser.print_help()
         return 0
+    from lumi.cli.common import PipeSafeStream
+
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = PipeSafeStream(sys.stdout), PipeSafeStream(sys.stderr)
     try:
         return int(args.func(args) or 0)
     except LumiError as e:
@@ -68,3 +72,5 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lumi {args.verb}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        sys.stdout, sys.stderr = saved

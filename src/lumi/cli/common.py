@@ -78,3 +78,46 @@ def load_plugins(files: list[str]) -> None:
 
         for f in files:
             load_model_file(f)
+
+
+class PipeSafeStream:
+    """A text stream whose writes stop quietly once its reader has gone (`lumi compare | head`).
+
+    A closed pipe must not abort work in progress: an exception from a progress line would stop a
+    comparison's children. After the first broken pipe the descriptor is pointed at /dev/null, so the
+    interpreter's final flush is quiet too. Everything else is delegated to the wrapped stream.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._broke()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._broke()
+
+    def _broke(self) -> None:
+        import os
+
+        self.broken = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # no real descriptor (captured output): dropping writes is enough
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+

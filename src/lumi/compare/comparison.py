@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -80,8 +81,8 @@ def open_comparison_dir(spec: CompareSpec, comp_dir: Path, force: bool,
     """
     from lumi.train.rundir import config_differences
 
-    if not comp_dir.exists() or (comp_dir.is_dir() and not any(comp_dir.iterdir())):
-        return None
+    if not comp_dir.exists() or (comp_dir.is_dir() and not any(p.name != ".lock" for p in comp_dir.iterdir())):
+        return None  # new, or only the lock file of a comparison killed before it wrote anything
     saved_path = comp_dir / "compare.yaml"
     if not saved_path.is_file():
         raise LumiError(f"{str(comp_dir)!r} exists but is not a lumi compare directory (no compare.yaml); "
@@ -115,15 +116,32 @@ def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry
                    progress: bool = True, make_plots: bool = True,
                    log: Callable[[str], None] = _log) -> tuple[dict[str, Any], dict[str, Path]]:
     """Check, plan, train (or reuse) every arm x seed, then write the report. Returns (results, files)."""
-    from lumi.compare.report import write_report
-    from lumi.compare.results import collect_results
-    from lumi.train.rundir import json_safe
+    from lumi.lock import lock_directory
 
     comp_dir = Path(comp_dir)
     validate_pairing(spec)
     saved = open_comparison_dir(spec, comp_dir, force, log)
     _load_plugins(spec)
-    comp_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        comp_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. --out below a regular file
+        from lumi.errors import write_error_text
+
+        raise LumiError(f"cannot create the comparison directory {comp_dir}: {write_error_text(e, comp_dir.parent)}") \
+            from None
+    # One `lumi compare` per directory: a second one would train the same runs at once and report the
+    # other's runs as failed. The lock is released when this process ends, however it ends.
+    with lock_directory(comp_dir, "comparison directory"):
+        return _run_locked(spec, comp_dir, saved, retry_failed, progress, make_plots, log)
+
+
+def _run_locked(spec: CompareSpec, comp_dir: Path, saved: dict[str, Any] | None, retry_failed: bool,
+                progress: bool, make_plots: bool,
+                log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Path]]:
+    from lumi.compare.report import write_report
+    from lumi.compare.results import collect_results
+    from lumi.train.rundir import json_safe
+
     state: dict[str, Any] = dict(saved or {})
     state["spec"] = spec.to_dict()
     _write_yaml(comp_dir / "compare.yaml", state)
@@ -311,18 +329,30 @@ def _load_plugins(spec: CompareSpec) -> None:
             raise LumiError(f"arm {arm.label!r}: {e}") from None
 
 
+# A child ended by an interrupt (ours, forwarded from Ctrl-C / SIGTERM, or the user's): 130 from lumi's
+# handler, or death by SIGINT / SIGTERM when it came before the handler was installed.
+INTERRUPTED_CODES = (130, -signal.SIGINT, -signal.SIGTERM)
+
+
 def _mark_killed(job: RunJob, log: Callable[[str], None]) -> None:
-    """A child that ended without a final status (killed outright: out of memory, SIGKILL; or it failed
-    before creating its run directory) is recorded as failed, with a pointer to its log."""
+    """A child that ended without a final status is recorded: `interrupted` when an interrupt ended it (it
+    resumes, or restarts when it had no checkpoint yet), else `failed` with how it ended and its log."""
     from lumi.compare.results import read_summary
     from lumi.train.rundir import write_json
 
-    if job.returncode in (None, 0, 130) or _status(job.run_dir) not in (None, "running", "unknown"):
+    if job.returncode in (None, 0) or _status(job.run_dir) not in (None, "running", "unknown"):
         return
-    how = f"killed by signal {-job.returncode}" if job.returncode < 0 else f"exited with code {job.returncode}"
-    error = f"lumi train {how} without writing a final status (out of memory?); see {job.log_path}"
+    if job.returncode in INTERRUPTED_CODES:
+        status, error = "interrupted", f"stopped by an interrupt before it wrote a final status; see {job.log_path}"
+    else:
+        if job.returncode < 0:
+            name = signal.Signals(-job.returncode).name if -job.returncode in signal.valid_signals() else "?"
+            how = f"was killed by signal {-job.returncode} ({name})"
+        else:
+            how = f"exited with code {job.returncode}"
+        status, error = "failed", f"lumi train {how} without writing a final status; see {job.log_path}"
     summary = read_summary(job.run_dir) or {"run_dir": str(job.run_dir)}
-    summary.update(status="failed", error=error)
+    summary.update(status=status, error=error)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     write_json(job.run_dir / "summary.json", summary)
     log(f"{job.key}: {error}")
