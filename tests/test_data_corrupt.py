@@ -59,13 +59,24 @@ def test_out_below_a_regular_file_is_one_line(tiny_corpus_dir, tmp_path, capsys)
     assert f"cannot create the data directory {blocker / 'sub'}: Not a directory" in err
 
 
-def test_full_disk_while_writing_shards_removes_the_partial_directory(tiny_corpus_dir, tmp_path, monkeypatch):
-    from lumi.data import shards
+@pytest.mark.parametrize(("module", "attr"), [
+    ("lumi.data.shards", "ShardWriter.write"),  # token shards
+    ("lumi.data.shards", "ShardWriter.commit"),  # their fsync + rename
+    ("lumi.data.prepare", "_atomic_write_json"),  # the manifest
+    ("lumi.data.tokenizers", "BytesTokenizer.save"),  # the tokenizer files
+])
+def test_full_disk_at_each_write_site_removes_the_partial_directory(module, attr, tiny_corpus_dir, tmp_path,
+                                                                   monkeypatch):
+    import importlib
 
-    def full(self, tokens):
+    def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(shards.ShardWriter, "write", full)
+    owner = importlib.import_module(module)  # `lumi.data.prepare` the module, not the function of that name
+    *path, name = attr.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    monkeypatch.setattr(owner, name, full)
     out = tmp_path / "prep"
     with pytest.raises(LumiError, match=r"writing prepared data to .*prep failed: the disk is full \(No space left "
                                         r"on device\); nothing was kept"):
