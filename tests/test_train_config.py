@@ -148,7 +148,7 @@ def test_param_roles_and_weight_decay_groups():
     decay = {id(p) for g in adamw.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decay == {id(p) for p in roles["matrix"] + roles["embedding"]}  # matrices only, norms never
 
-    muon = build_optimizer(model, _optim(name="muon"), 300, torch.device("cpu"))
+    muon = build_optimizer(model, _optim(name="muon", muon_lr=0.02), 300, torch.device("cpu"))
     assert isinstance(muon.optimizers["muon"], Muon)
     assert {id(p) for g in muon.optimizers["muon"].param_groups for p in g["params"]} == \
         {id(p) for p in roles["matrix"]}
