@@ -10,7 +10,6 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from lumi.check import run_checks
 from lumi.errors import LumiError
 from lumi.models.llama import Llama, LlamaConfig
 from lumi.models.lowrank import LowRank, LowRankConfig, LowRankLinear, lowrank_param_formula
@@ -105,8 +104,3 @@ def test_flops_analytic_equals_measured(overrides):
 def test_invalid_config_names_the_field(field, value):
     with pytest.raises(LumiError, match=field):
         make_config("lowrank", "nano", {field: value})
-
-
-def test_lumi_check_passes_micro():
-    report = run_checks("lowrank", "micro")
-    assert report.passed, report.summary()

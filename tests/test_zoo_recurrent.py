@@ -8,7 +8,6 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from lumi.check import run_checks
 from lumi.errors import LumiError
 from lumi.models.llama import Llama, LlamaConfig
 from lumi.models.recurrent import Recurrent, RecurrentConfig, recurrent_param_formula
@@ -138,8 +137,3 @@ def test_cached_decoding_matches_full_forward():
 def test_invalid_config_names_the_field(overrides, field):
     with pytest.raises(LumiError, match=field):
         make_config("recurrent", "micro", overrides)
-
-
-def test_lumi_check_passes_micro():
-    report = run_checks("recurrent", "micro")
-    assert report.passed, report.summary()

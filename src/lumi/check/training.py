@@ -11,8 +11,6 @@ from lumi.check.report import CheckResult
 
 INITIAL_LOSS_MARGIN = 0.25  # |loss - ln V| < 0.25 ln V on uniform random tokens
 OVERFIT_FRACTION = 0.3  # after training on one batch: loss < 0.3 ln V
-OVERFIT_STEPS = 40  # models may override with a class attribute `check_overfit_steps`
-OVERFIT_LR = 3e-3  # ... and `check_overfit_lr`
 
 
 def check_initial_loss(ctx: CheckContext) -> CheckResult:
@@ -33,8 +31,8 @@ def check_initial_loss(ctx: CheckContext) -> CheckResult:
 def train_on_one_batch(ctx: CheckContext) -> OverfitRun:
     """Adam on one batch until memorised (or the step limit): the overfit check's training."""
     model = ctx.build().train()
-    steps = int(getattr(model, "check_overfit_steps", OVERFIT_STEPS))
-    lr = float(getattr(model, "check_overfit_lr", OVERFIT_LR))
+    steps = int(model.check_overfit_steps)  # LumiModel declares the defaults (40 steps at 3e-3)
+    lr = float(model.check_overfit_lr)
     x = ctx.tokens(ctx.batch_size, ctx.seq_len, stream=60)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     target = OVERFIT_FRACTION * math.log(ctx.vocab_size)

@@ -56,6 +56,10 @@ class LumiModel(nn.Module):
     """Base class: subclasses set ``config_class`` and implement ``forward``."""
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    # `lumi check`'s overfit check: Adam steps and lr for memorising one batch. A model that needs a
+    # larger step (several stacks, no embedding) sets these on its class.
+    check_overfit_steps: ClassVar[int] = 40
+    check_overfit_lr: ClassVar[float] = 3e-3
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
