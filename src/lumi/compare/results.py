@@ -6,13 +6,12 @@ missing); statistics use only the usable ones (completed with a final BPB), pair
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from lumi.compare.diagnose import TAIL_FRACTION, diagnose_run, split_rows
 from lumi.compare.stats import as_number, compare_paired, summarize
-from lumi.train.rundir import json_safe, read_metrics
+from lumi.train.rundir import json_safe, read_metrics, read_summary
 
 # Summary fields copied into each run's entry.
 RUN_FIELDS = ("steps", "tokens", "flops", "wall_s", "train_s", "tok_per_s", "final_val_bpb", "error")
@@ -22,15 +21,6 @@ CURVE_FIELDS = ("step", "tokens", "flops", "elapsed_s")
 STATUS_ORDER = ("completed", "LEAK", "diverged", "failed", "interrupted", "running", "missing")
 NOTE_STATUSES = ("failed", "diverged", "interrupted")
 LEAK = "LEAK"  # a completed run whose pre-training probe or post-training audit found a leak
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """summary.json of a run, or None when absent or unreadable (a run killed while writing it)."""
-    try:
-        data = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def first_failed_check(check: dict[str, Any] | None) -> str | None:

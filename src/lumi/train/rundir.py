@@ -111,6 +111,7 @@ def read_run_config(run_dir: Path, purpose: str = "resume") -> TrainConfig:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """summary.json of a run, or None when absent or unreadable (a run killed while writing it)."""
     try:
         data = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
