@@ -498,8 +498,10 @@ def needs_training(job: RunJob, cfg: dict[str, Any], retry_failed: bool, counts:
     if status is not None:
         saved = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
         if isinstance(saved, dict):
+            # Keys that do not change what a run trains: its threads, and the leak probes around training
+            # (runs from before the probes existed lack the causality keys and are still reused).
             diffs = [d for d in config_differences(saved, cfg)
-                     if not d.startswith(("train.threads:", "train.allow_leaky:"))]
+                     if not d.startswith(("train.threads:", "train.allow_leaky:", "train.causality_"))]
             if diffs:
                 raise LumiError(f"run {run_dir} was trained with a different config ({'; '.join(diffs[:3])}) "
                                 f"although the comparison's spec is the same (moved data or plugin files?); "
