@@ -11,7 +11,6 @@ independence — with fewer cuts than `lumi check`, so the audit stays a few per
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from torch import nn
 
 from lumi.check import probes
 from lumi.check.context import forward_logits
-from lumi.check.probes import Condition, ProbeResult
+from lumi.check.probes import Condition
 
 AUDIT_TOKENS = 1 << 13  # tokens per (length, condition): 64 cuts at T=128 (about 13 training steps in all)
 PREFLIGHT_TOKENS = 1 << 12  # before training, two weight sets: half the cuts each
@@ -44,15 +43,13 @@ class AuditResult:
 
 def _plan(T: int, vocab_size: int, seed: int, tokens: int) -> list[tuple[str, str, bool, int, list[int]]]:
     """(probe, mode, autograd, rows, cuts) for one length."""
-    cuts = probes.select_cuts(T, max(1, tokens // T), seed)
-    single = probes.select_cuts(T, SINGLE_CUTS, seed + 1) if T - 1 > SINGLE_CUTS else cuts
-    rows = max(1, min(ROWS, len(cuts), probes.rows_per_pass(T, vocab_size)))
+    plan = probes.plan_cuts(T, vocab_size, tokens, ROWS, SINGLE_CUTS, seed)
     return [
-        ("perturbation", "eval", False, rows, cuts),
-        ("perturbation", "eval", False, 1, single),
-        ("perturbation", "train", True, rows, cuts),
-        ("gradient", "train", True, rows, cuts),
-        ("gradient", "eval", True, rows, cuts),
+        ("perturbation", "eval", False, plan.rows, plan.cuts),
+        ("perturbation", "eval", False, 1, plan.single),
+        ("perturbation", "train", True, plan.rows, plan.cuts),
+        ("gradient", "train", True, plan.rows, plan.cuts),
+        ("gradient", "eval", True, plan.rows, plan.cuts),
         ("batch", "eval", False, probes.BATCH_ROWS, []),
         ("batch", "train", True, probes.BATCH_ROWS, []),
     ]
@@ -80,7 +77,7 @@ def audit_causality(weights: dict[str, nn.Module], vocab_size: int, lengths: lis
             for T in lengths:
                 for kind, mode, grad, rows, cuts in _plan(T, vocab_size, seed + T, tokens):
                     cond = Condition(name, mode, grad, rows)
-                    result = _run(kind, model, forward, T, vocab_size, cuts, cond, seed + T, device)
+                    result = probes.run_probe(kind, model, forward, T, vocab_size, cuts, cond, seed + T, device)
                     n_probed += result.probed
                     if result.first is not None:
                         what = "cuts" if kind != "batch" else "probes"
@@ -95,28 +92,7 @@ def audit_causality(weights: dict[str, nn.Module], vocab_size: int, lengths: lis
     return AuditResult(True, detail, time.perf_counter() - start, lengths, list(weights), n_probed)
 
 
-def _run(kind: str, model: nn.Module, forward: Any, T: int, vocab_size: int, cuts: list[int], cond: Condition,
-         seed: int, device: torch.device) -> ProbeResult:
-    if kind == "perturbation":
-        return probes.probe_perturbation(model, forward, T, vocab_size, cuts, cond, seed, device)
-    if kind == "gradient":
-        return probes.probe_gradient(model, forward, T, vocab_size, cuts, cond, seed, device)
-    return probes.probe_batch(model, forward, T, vocab_size, cond, seed, device)
-
-
-RANDOMISED_SCALES = (1.0, 0.25, 0.0625)
-
-
 def randomised_copy(model: nn.Module, vocab_size: int, seq_len: int, seed: int = 0) -> nn.Module | None:
     """A copy of ``model`` with every parameter re-drawn so every path is active (zero-init gates open),
     at the largest scale whose logits are finite; None when none is."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    x = probes.random_tokens(1, seq_len, vocab_size, seed).to(device)
-    for scale in RANDOMISED_SCALES:
-        other = copy.deepcopy(model)
-        probes.randomise_parameters(other, seed, scale)
-        other.eval()
-        with torch.no_grad():
-            if torch.isfinite(forward_logits(other, x, vocab_size)).all():
-                return other
-    return None
+    return probes.randomised_copy(model, lambda m, x: forward_logits(m, x, vocab_size), vocab_size, seq_len, seed)

@@ -30,7 +30,6 @@ from lumi.check.report import CheckResult
 PROBE_TOKENS = 1 << 13
 ROWS = 64  # cuts per forward/backward (fewer when the logits would not fit MAX_LOGIT_ELEMENTS)
 SINGLE_CUTS = 4  # batch-1 perturbation cuts per length (one forward each)
-RANDOMISED_SCALES = (1.0, 0.25, 0.0625)  # tried in turn until the randomised model's logits are finite
 
 MODES = (("eval", False), ("train", True))  # (mode, autograd): the inference path and the training path
 
@@ -41,20 +40,16 @@ __all__ = ["PERTURBATION_ATOL", "check_batch", "check_gradient", "check_perturba
 class _Weights:
     name: str
     model: nn.Module | None
-    note: str | None = None  # why this weight set was not probed, or how it was made
+    note: str | None = None  # why this weight set was not probed
 
 
 def _weight_sets(ctx: CheckContext) -> list[_Weights]:
     """The initialised model, a randomised one (every path active) and the overfit-trained one."""
     sets = [_Weights("init", ctx.build())]
-    for scale in RANDOMISED_SCALES:
-        model = ctx.build()
-        probes.randomise_parameters(model, seed=ctx.seed * 1000 + 7, scale=scale)
-        if _finite(ctx, model):
-            sets.append(_Weights("randomised", model, None if scale == 1.0 else f"randomised at scale {scale:g}"))
-            break
-    else:
-        sets.append(_Weights("randomised", None, "randomised weights give non-finite logits at every scale tried"))
+    randomised = probes.randomised_copy(ctx.build(), _forward(ctx), ctx.vocab_size, ctx.seq_len, ctx.seed * 1000 + 7)
+    sets.append(_Weights("randomised", randomised,
+                         None if randomised is not None else "randomised weights give non-finite logits at every "
+                         "scale tried"))
     run = ctx.overfit()
     if run.error is None and _finite(ctx, run.model):
         sets.append(_Weights("trained", run.model))
@@ -82,7 +77,6 @@ class _Outcome:
     worst: float = 0.0
     leak: str | None = None
     counts: str = ""
-    skipped: list[str] | None = None
     not_applicable: bool = False
 
 
@@ -129,9 +123,7 @@ def _run_row(ctx: CheckContext, kind: str) -> tuple[_Outcome, list[int], list[st
                 what = "cuts" if kind != "batch" else "probes"
                 out.counts = ", ".join(f"{r.leaking} of {r.probed} {what} leak at T={T}" for T, r in same
                                        if r.probed)
-                out.skipped = skipped
                 return out, lengths, skipped
-    out.skipped = skipped
     return out, [T for T in lengths if T not in failed_lengths], skipped
 
 
@@ -145,16 +137,12 @@ def _probe(ctx: CheckContext, kind: str, w: _Weights, mode: str, grad: bool, T: 
             return []
         cond = Condition(w.name, mode, grad, probes.BATCH_ROWS)
         return [probes.probe_batch(w.model, forward, T, ctx.vocab_size, cond, seed, device)]
-    cuts = probes.select_cuts(T, max(1, PROBE_TOKENS // T), seed)
-    rows = max(1, min(ROWS, len(cuts), probes.rows_per_pass(T, ctx.vocab_size)))
-    cond = Condition(w.name, mode, grad, rows)
-    if kind == "gradient":
-        return [probes.probe_gradient(w.model, forward, T, ctx.vocab_size, cuts, cond, seed, device)]
-    results = [probes.probe_perturbation(w.model, forward, T, ctx.vocab_size, cuts, cond, seed, device)]
-    if not grad:  # single sequences too: a leak may depend on the batch size
-        single = probes.select_cuts(T, SINGLE_CUTS, seed + 1) if T - 1 > SINGLE_CUTS else cuts
-        results.append(probes.probe_perturbation(w.model, forward, T, ctx.vocab_size, single,
-                                                 Condition(w.name, mode, grad, 1), seed, device))
+    plan = probes.plan_cuts(T, ctx.vocab_size, PROBE_TOKENS, ROWS, SINGLE_CUTS, seed)
+    results = [probes.run_probe(kind, w.model, forward, T, ctx.vocab_size, plan.cuts,
+                                Condition(w.name, mode, grad, plan.rows), seed, device)]
+    if kind == "perturbation" and not grad:  # single sequences too: a leak may depend on the batch size
+        results.append(probes.run_probe(kind, w.model, forward, T, ctx.vocab_size, plan.single,
+                                        Condition(w.name, mode, grad, 1), seed, device))
     return results
 
 

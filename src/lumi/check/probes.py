@@ -22,6 +22,7 @@ Rows of a causal model are independent, and a model whose rows are not is caught
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -147,6 +148,24 @@ def rows_per_pass(T: int, vocab_size: int) -> int:
     return max(1, MAX_LOGIT_ELEMENTS // max(1, T * vocab_size))
 
 
+@dataclass(frozen=True)
+class CutPlan:
+    """Which cuts one length is probed at, and how many rows a batched pass carries."""
+
+    cuts: list[int]  # batched perturbation and gradient passes
+    rows: int
+    single: list[int]  # single-sequence (batch 1) perturbation passes
+
+
+def plan_cuts(T: int, vocab_size: int, tokens: int, max_rows: int, single_cuts: int, seed: int) -> CutPlan:
+    """``tokens // T`` cuts (block boundaries first, see select_cuts), at most ``max_rows`` per pass (fewer
+    when the logits would not fit), and ``single_cuts`` of them for batch-1 passes."""
+    cuts = select_cuts(T, max(1, tokens // T), seed)
+    rows = max(1, min(max_rows, len(cuts), rows_per_pass(T, vocab_size)))
+    single = select_cuts(T, single_cuts, seed + 1) if T - 1 > single_cuts else cuts
+    return CutPlan(cuts, rows, single)
+
+
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -170,6 +189,25 @@ def randomise_parameters(model: nn.Module, seed: int, scale: float = 1.0) -> Non
         else:
             value = 1.0 + 0.5 * scale * torch.randn(p.shape, generator=g)
         p.copy_(value.to(device=p.device, dtype=p.dtype))
+
+
+RANDOMISED_SCALES = (1.0, 0.25, 0.0625)  # tried in turn until the randomised model's logits are finite
+
+
+def randomised_copy(model: nn.Module, forward: Forward, vocab_size: int, seq_len: int,
+                    seed: int) -> nn.Module | None:
+    """A copy of ``model`` with every parameter re-drawn (randomise_parameters) at the largest scale whose
+    logits are finite; None when none is (the caller says the weight set was not probed)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = random_tokens(1, seq_len, vocab_size, seed).to(device)
+    for scale in RANDOMISED_SCALES:
+        other = copy.deepcopy(model)
+        randomise_parameters(other, seed, scale)
+        other.eval()
+        with torch.no_grad():
+            if torch.isfinite(forward(other, x)).all():
+                return other
+    return None
 
 
 # -- the probes ----------------------------------------------------------------------------------------
@@ -388,3 +426,13 @@ def probe_batch(model: nn.Module, forward: Forward, T: int, vocab_size: int, con
                     s = int((g_max != 0).nonzero()[0, 1])
                     res.first = Leak("batch", T, T - 1, 0, s, float(g_max.max()), 0.0, cond)
     return res
+
+
+def run_probe(kind: str, model: nn.Module, forward: Forward, T: int, vocab_size: int, cuts: list[int],
+              cond: Condition, seed: int, device: torch.device) -> ProbeResult:
+    """One probe by name: perturbation | gradient | batch (which ignores ``cuts``)."""
+    if kind == "perturbation":
+        return probe_perturbation(model, forward, T, vocab_size, cuts, cond, seed, device)
+    if kind == "gradient":
+        return probe_gradient(model, forward, T, vocab_size, cuts, cond, seed, device)
+    return probe_batch(model, forward, T, vocab_size, cond, seed, device)
