@@ -54,7 +54,7 @@ def test_untrained_model_cached_and_uncached_agree_too():
     assert generate(model, prompt, 30, temperature=0) == generate(model, prompt, 30, temperature=0, use_cache=False)
 
 
-CACHED_MODELS = [(s.name, s.cpu_presets[0]) for s in list_models() if hasattr(s.cls, "new_cache") and s.cpu_presets]
+CACHED_MODELS = [(s.name, s.cpu_presets[0]) for s in list_models() if s.cls.supports_cache and s.cpu_presets]
 
 
 @pytest.mark.parametrize(("name", "preset"), CACHED_MODELS, ids=[f"{n}:{p}" for n, p in CACHED_MODELS])
@@ -82,7 +82,7 @@ def test_model_without_a_cache_falls_back_to_full_forwards(monkeypatch):
     load_model_file(PLUGINS / "shiftmix.py")
     torch.manual_seed(0)
     model = build_model("shiftmix", "nano")
-    assert not hasattr(model, "new_cache")
+    assert not model.supports_cache
     out = generate(model, [1, 2, 3], 8, temperature=0)
     # greedy by hand: argmax of the full forward, one token at a time
     ids = [1, 2, 3]

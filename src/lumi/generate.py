@@ -28,12 +28,18 @@ from typing import Any
 import torch
 
 from lumi.errors import LumiError
+from lumi.models.base import LumiModel
 
 MAX_NEW_TOKENS = 1_000_000
 
 
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> int:
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
     """One token id from the logits [V] of the next position. temperature 0 = argmax."""
     logits = logits.detach().float().cpu()
     if temperature == 0:
@@ -52,11 +58,19 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def _validate(prompt_ids: list[int], max_new_tokens: int, temperature: float, top_k: int | None,
-              top_p: float | None, vocab_size: int | None) -> None:
+def _validate(
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    vocab_size: int | None,
+) -> None:
     if not prompt_ids:
-        raise LumiError("the prompt is empty: give at least one token (lumi generate prepends the document "
-                        "separator, so an empty --prompt \"\" works there)")
+        raise LumiError(
+            "the prompt is empty: give at least one token (lumi generate prepends the document "
+            'separator, so an empty --prompt "" works there)'
+        )
     if vocab_size is not None:
         bad = [i for i in prompt_ids if not 0 <= int(i) < vocab_size]
         if bad:
@@ -87,7 +101,9 @@ def generate(
     stop_ids: Iterable[int] | None = None,
 ) -> list[int]:
     """Continue ``prompt_ids``; returns only the new token ids (stops early after a ``stop_ids`` token)."""
-    return list(stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stop_ids))
+    return list(
+        stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stop_ids)
+    )
 
 
 def stream(
@@ -110,14 +126,29 @@ def stream(
     return _decode(model, prompt, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stops)
 
 
-@torch.no_grad()  # torch applies it around every resumption of the generator
-def _decode(model: torch.nn.Module, prompt: list[int], max_new_tokens: int, temperature: float,
-            top_k: int | None, top_p: float | None, seed: int | None, use_cache: bool,
-            stops: set[int]) -> Iterator[int]:
-    from lumi.check.context import max_len_of
+def decodes_with_cache(model: torch.nn.Module, prompt_len: int, max_new_tokens: int, use_cache: bool) -> bool:
+    """Whether generation decodes through the model's cache: it declares one, and the whole text fits
+    its maximum length (beyond that a learned-position model runs on a sliding window instead)."""
+    if not (use_cache and isinstance(model, LumiModel) and model.supports_cache):
+        return False
+    max_len = model.max_context()
+    return max_len is None or prompt_len + max_new_tokens <= max_len
 
-    max_len = max_len_of(model)  # learned-position models cannot see past this
-    cached = use_cache and hasattr(model, "new_cache") and (max_len is None or len(prompt) + max_new_tokens <= max_len)
+
+@torch.no_grad()  # torch applies it around every resumption of the generator
+def _decode(
+    model: torch.nn.Module,
+    prompt: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    seed: int | None,
+    use_cache: bool,
+    stops: set[int],
+) -> Iterator[int]:
+    max_len = model.max_context() if isinstance(model, LumiModel) else None
+    cached = decodes_with_cache(model, len(prompt), max_new_tokens, use_cache)
     generator = torch.Generator()
     if seed is not None:
         generator.manual_seed(seed)
@@ -150,12 +181,15 @@ def _decode(model: torch.nn.Module, prompt: list[int], max_new_tokens: int, temp
 
 # -- loading a trained run ------------------------------------------------------------------------
 
+
 def find_run_dir(path: str | Path) -> tuple[Path, Path]:
     """(run directory, checkpoint directory) for a run dir, a checkpoint dir or a model.safetensors file."""
     p = Path(path)
     if not p.exists():
-        raise LumiError(f"{str(p)!r} does not exist; give a run directory written by `lumi train` "
-                        "(runs/<name>), one of its checkpoint directories, or a model.safetensors file")
+        raise LumiError(
+            f"{str(p)!r} does not exist; give a run directory written by `lumi train` "
+            "(runs/<name>), one of its checkpoint directories, or a model.safetensors file"
+        )
     if p.is_file():
         if p.suffix != ".safetensors":
             raise LumiError(f"{str(p)!r} is not a run directory or a .safetensors checkpoint")
@@ -167,16 +201,22 @@ def find_run_dir(path: str | Path) -> tuple[Path, Path]:
 
         ckpt = find_checkpoint(p / "checkpoints")
         if ckpt is None:
-            raise LumiError(f"run directory {str(p)!r} has no complete checkpoint under "
-                            f"{p / 'checkpoints'} (expected latest/model.safetensors); did the run save one?")
+            raise LumiError(
+                f"run directory {str(p)!r} has no complete checkpoint under "
+                f"{p / 'checkpoints'} (expected latest/model.safetensors); did the run save one?"
+            )
         return p, ckpt
     else:
-        raise LumiError(f"{str(p)!r} is not a run directory: it has neither config.yaml nor model.safetensors")
+        raise LumiError(
+            f"{str(p)!r} is not a run directory: it has neither config.yaml nor model.safetensors"
+        )
     for parent in [ckpt, *ckpt.parents]:
         if (parent / "config.yaml").is_file():
             return parent, ckpt
-    raise LumiError(f"cannot find the run's config.yaml above checkpoint {str(ckpt)!r}; "
-                    "it says which model and tokenizer the weights belong to")
+    raise LumiError(
+        f"cannot find the run's config.yaml above checkpoint {str(ckpt)!r}; "
+        "it says which model and tokenizer the weights belong to"
+    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -204,8 +244,9 @@ def require_run_plugins(run: Path, ckpt: Path, model_cfg: dict[str, Any]) -> Non
         hashes = state.get("model_files") if isinstance(state, dict) else None
     except (OSError, ValueError):
         pass
-    require_model_files([str(f) for f in files], hashes if isinstance(hashes, dict) else None, run,
-                        str(model_cfg.get("name")))
+    require_model_files(
+        [str(f) for f in files], hashes if isinstance(hashes, dict) else None, run, str(model_cfg.get("name"))
+    )
 
 
 def _load_run_tokenizer(run_dir: Path, data: dict[str, Any]):
@@ -230,12 +271,15 @@ def _load_run_tokenizer(run_dir: Path, data: dict[str, Any]):
     if str(data.get("tokenizer", "")).strip() == "bytes":
         return BytesTokenizer()  # needs no files
     tried = ", ".join(str(d) for d in candidates) or "(no data section in config.yaml)"
-    raise LumiError(f"cannot find the tokenizer of run {str(run_dir)!r}: no prepared data with "
-                    f"lumi_tokenizer.json at {tried}; re-run `lumi data prepare` for its corpus and tokenizer")
+    raise LumiError(
+        f"cannot find the tokenizer of run {str(run_dir)!r}: no prepared data with "
+        f"lumi_tokenizer.json at {tried}; re-run `lumi data prepare` for its corpus and tokenizer"
+    )
 
 
-def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu",
-                   model_files: Sequence[str | Path] = ()):
+def load_run_model(
+    run_dir: str | Path, device: str | torch.device = "cpu", model_files: Sequence[str | Path] = ()
+):
     """(model, tokenizer) of a `lumi train` run, from its latest complete checkpoint.
 
     ``model_files``: the plugin files of a run of a plugin architecture, named by the caller; the files
@@ -253,7 +297,9 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu",
     try:
         values = json.loads(config_path.read_text())
     except FileNotFoundError:
-        raise LumiError(f"checkpoint {str(ckpt)!r} has no model_config.json (the resolved model config)") from None
+        raise LumiError(
+            f"checkpoint {str(ckpt)!r} has no model_config.json (the resolved model config)"
+        ) from None
     except (OSError, ValueError) as e:
         raise LumiError(f"{config_path}: unreadable model config ({e})") from None
     model = model_from_config(str(model_cfg["name"]), values)
@@ -261,6 +307,8 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu",
     model.to(device).eval()
     tokenizer = _load_run_tokenizer(run, cfg.get("data") or {})
     if tokenizer.vocab_size != model.config.vocab_size:
-        raise LumiError(f"the tokenizer found for {str(run)!r} has {tokenizer.vocab_size} ids but the model was "
-                        f"trained with vocab_size {model.config.vocab_size}; the prepared data changed")
+        raise LumiError(
+            f"the tokenizer found for {str(run)!r} has {tokenizer.vocab_size} ids but the model was "
+            f"trained with vocab_size {model.config.vocab_size}; the prepared data changed"
+        )
     return model, tokenizer

@@ -65,8 +65,10 @@ def acquire_directory_lock(directory: Path | str, what: str = "run directory") -
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 who = f"PID {holder}" if holder else "another process"
-                raise LumiError(f"{what} {str(directory)!r} is in use by another lumi process ({who}); only one "
-                                f"process may write it at a time: wait for it to finish or stop it") from None
+                raise LumiError(
+                    f"{what} {str(directory)!r} is in use by another lumi process ({who}); only one "
+                    f"process may write it at a time: wait for it to finish or stop it"
+                ) from None
             raise LumiError(f"cannot lock {what} {str(directory)!r}: {e.strerror or e} ({path})") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 class ProgressLine:
@@ -14,8 +14,15 @@ class ProgressLine:
     every `plain_every_s` seconds, so logs and CI output stay readable.
     """
 
-    def __init__(self, description: str, total: float, unit: str = "", plain_every_s: float = 10.0,
-                 stream=None, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        description: str,
+        total: float,
+        unit: str = "",
+        plain_every_s: float = 10.0,
+        stream=None,
+        enabled: bool = True,
+    ) -> None:
         self.description = description
         self.total = max(float(total), 1e-12)
         self.unit = unit
@@ -43,16 +50,20 @@ class ProgressLine:
         elapsed = now - self.start
         frac = min(max(done / self.total, 0.0), 1.0)
         eta = (elapsed / frac - elapsed) if frac > 0 else float("nan")
-        text = (f"{self.description} {100 * frac:5.1f}% {status} elapsed {format_duration(elapsed)} "
-                f"eta {format_duration(eta)}")
+        text = (
+            f"{self.description} {100 * frac:5.1f}% {status} elapsed {format_duration(elapsed)} "
+            f"eta {format_duration(eta)}"
+        )
         if self._live is not None:
             width = 24
             filled = int(width * frac)
             from rich.markup import escape
 
             bar = escape(f"[{'#' * filled}{'.' * (width - filled)}]")
-            self._live.update(f"[bold]{escape(self.description)}[/] {bar} "
-                              f"{100 * frac:5.1f}% {escape(status)} eta {format_duration(eta)}")
+            self._live.update(
+                f"[bold]{escape(self.description)}[/] {bar} "
+                f"{100 * frac:5.1f}% {escape(status)} eta {format_duration(eta)}"
+            )
         elif now - self._last_plain >= self.plain_every_s or frac >= 1.0:
             self._last_plain = now
             print(text, file=self.stream, flush=True)
@@ -64,7 +75,7 @@ class ProgressLine:
         if final_status and self.enabled:
             print(f"{self.description}: {final_status}", file=self.stream, flush=True)
 
-    def __enter__(self) -> "ProgressLine":
+    def __enter__(self) -> ProgressLine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -94,8 +105,13 @@ def format_duration(s: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def iterate(items, description: str, total: int | None = None, enabled: bool = True,
-            status: Callable[[int], str] | None = None):
+def iterate(
+    items,
+    description: str,
+    total: int | None = None,
+    enabled: bool = True,
+    status: Callable[[int], str] | None = None,
+):
     """Wrap an iterable with a ProgressLine."""
     total = total if total is not None else len(items)
     bar = ProgressLine(description, total, enabled=enabled)

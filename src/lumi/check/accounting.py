@@ -25,7 +25,9 @@ def check_params(ctx: CheckContext) -> CheckResult:
     unique = sum(p.numel() for p in model.parameters())  # parameters() skips tied duplicates
     problems = []
     if pc.total != unique:
-        problems.append(f"param_counts().total = {pc.total:,} but the module has {unique:,} unique parameters")
+        problems.append(
+            f"param_counts().total = {pc.total:,} but the module has {unique:,} unique parameters"
+        )
     if not 0 <= pc.non_embedding <= pc.total:
         problems.append(f"non_embedding = {pc.non_embedding:,} is outside [0, total = {pc.total:,}]")
     if pc.active is not None and not 0 < pc.active <= pc.total:
@@ -54,15 +56,25 @@ def check_flops(ctx: CheckContext) -> CheckResult:
     try:
         analytic = float(model.flops_per_token(T))
     except NotImplementedError:
-        return CheckResult("flops", False, f"{type(model).__name__} does not implement flops_per_token(seq_len)")
+        return CheckResult(
+            "flops", False, f"{type(model).__name__} does not implement flops_per_token(seq_len)"
+        )
     measured = measure_flops_per_token(model, ctx.tokens(ctx.batch_size, T, stream=100), ctx.vocab_size)
     if measured <= 0:
-        return CheckResult("flops", False, f"measured 0 FLOPs (analytic {analytic:,.0f}/token): the model does no "
-                           "matmuls the counter can see")
+        return CheckResult(
+            "flops",
+            False,
+            f"measured 0 FLOPs (analytic {analytic:,.0f}/token): the model does no "
+            "matmuls the counter can see",
+        )
     rel = abs(analytic - measured) / measured
     ok = rel <= FLOPS_RTOL
-    detail = (f"analytic {analytic:,.0f} vs measured {measured:,.0f} training FLOPs/token at T={T} "
-              f"({100 * rel:.2f}% apart, tolerance {100 * FLOPS_RTOL:g}%)")
+    detail = (
+        f"analytic {analytic:,.0f} vs measured {measured:,.0f} training FLOPs/token at T={T} "
+        f"({100 * rel:.2f}% apart, tolerance {100 * FLOPS_RTOL:g}%)"
+    )
     if not ok:
-        detail += "; fix flops_per_token (3 x forward; forward = 2 x MACs of every matmul + full T x T attention)"
+        detail += (
+            "; fix flops_per_token (3 x forward; forward = 2 x MACs of every matmul + full T x T attention)"
+        )
     return CheckResult("flops", ok, detail, value=rel)

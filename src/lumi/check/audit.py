@@ -55,8 +55,14 @@ def _plan(T: int, vocab_size: int, seed: int, tokens: int) -> list[tuple[str, st
     ]
 
 
-def audit_causality(weights: dict[str, nn.Module], vocab_size: int, lengths: list[int],
-                    device: torch.device | str = "cpu", seed: int = 0, tokens: int = AUDIT_TOKENS) -> AuditResult:
+def audit_causality(
+    weights: dict[str, nn.Module],
+    vocab_size: int,
+    lengths: list[int],
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    tokens: int = AUDIT_TOKENS,
+) -> AuditResult:
     """Probe each model of ``weights`` (name -> model, e.g. {"trained": model}) at each length.
 
     Models are used in place (mode and autograd are restored; weights are never changed); the
@@ -77,22 +83,33 @@ def audit_causality(weights: dict[str, nn.Module], vocab_size: int, lengths: lis
             for T in lengths:
                 for kind, mode, grad, rows, cuts in _plan(T, vocab_size, seed + T, tokens):
                     cond = Condition(name, mode, grad, rows)
-                    result = probes.run_probe(kind, model, forward, T, vocab_size, cuts, cond, seed + T, device)
+                    result = probes.run_probe(
+                        kind, model, forward, T, vocab_size, cuts, cond, seed + T, device
+                    )
                     n_probed += result.probed
                     if result.first is not None:
                         what = "cuts" if kind != "batch" else "probes"
-                        return AuditResult(False, f"{result.first.message()}; {result.leaking} of {result.probed} "
-                                           f"{what} leak", time.perf_counter() - start, lengths, list(weights),
-                                           n_probed)
+                        return AuditResult(
+                            False,
+                            f"{result.first.message()}; {result.leaking} of {result.probed} {what} leak",
+                            time.perf_counter() - start,
+                            lengths,
+                            list(weights),
+                            n_probed,
+                        )
     names = " and ".join(weights)
     lens = ", ".join(str(T) for T in lengths)
-    detail = (f"no leak in {n_probed} probes of the {names} weights at T={lens}: perturbation (eval without "
-              f"autograd, batched and single; train with autograd), exact-zero gradient (train and eval), "
-              f"batch independence")
+    detail = (
+        f"no leak in {n_probed} probes of the {names} weights at T={lens}: perturbation (eval without "
+        f"autograd, batched and single; train with autograd), exact-zero gradient (train and eval), "
+        f"batch independence"
+    )
     return AuditResult(True, detail, time.perf_counter() - start, lengths, list(weights), n_probed)
 
 
 def randomised_copy(model: nn.Module, vocab_size: int, seq_len: int, seed: int = 0) -> nn.Module | None:
     """A copy of ``model`` with every parameter re-drawn so every path is active (zero-init gates open),
     at the largest scale whose logits are finite; None when none is."""
-    return probes.randomised_copy(model, lambda m, x: forward_logits(m, x, vocab_size), vocab_size, seq_len, seed)
+    return probes.randomised_copy(
+        model, lambda m, x: forward_logits(m, x, vocab_size), vocab_size, seq_len, seed
+    )

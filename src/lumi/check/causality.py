@@ -15,8 +15,8 @@ The first leaking condition is reported with the length, the cut and the positio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -46,10 +46,18 @@ class _Weights:
 def _weight_sets(ctx: CheckContext) -> list[_Weights]:
     """The initialised model, a randomised one (every path active) and the overfit-trained one."""
     sets = [_Weights("init", ctx.build())]
-    randomised = probes.randomised_copy(ctx.build(), _forward(ctx), ctx.vocab_size, ctx.seq_len, ctx.seed * 1000 + 7)
-    sets.append(_Weights("randomised", randomised,
-                         None if randomised is not None else "randomised weights give non-finite logits at every "
-                         "scale tried"))
+    randomised = probes.randomised_copy(
+        ctx.build(), _forward(ctx), ctx.vocab_size, ctx.seq_len, ctx.seed * 1000 + 7
+    )
+    sets.append(
+        _Weights(
+            "randomised",
+            randomised,
+            None
+            if randomised is not None
+            else "randomised weights give non-finite logits at every scale tried",
+        )
+    )
     run = ctx.overfit()
     if run.error is None and _finite(ctx, run.model):
         sets.append(_Weights("trained", run.model))
@@ -102,11 +110,13 @@ def _run_row(ctx: CheckContext, kind: str) -> tuple[_Outcome, list[int], list[st
                 try:
                     results = _probe(ctx, kind, w, mode, grad, T, forward)
                 except Exception as e:  # a forward that fails at a long length is not a leak
-                    if T <= ctx.seq_len + 3:
+                    if ctx.seq_len + 3 >= T:
                         raise
                     failed_lengths.add(T)
-                    skipped.append(f"T={T} (forward raised {type(e).__name__}: {str(e).splitlines()[0][:80]}; "
-                                   "declare max_context() if the model has a maximum length)")
+                    skipped.append(
+                        f"T={T} (forward raised {type(e).__name__}: {str(e).splitlines()[0][:80]}; "
+                        "declare max_context() if the model has a maximum length)"
+                    )
                     continue
                 for r in results:
                     if not r.applicable:
@@ -121,28 +131,58 @@ def _run_row(ctx: CheckContext, kind: str) -> tuple[_Outcome, list[int], list[st
                 # Counts per length for the same kind of pass (batched cuts, or single sequences).
                 same = [(T, r) for T, r in per_length if (r.batch > 1) == (first.condition.batch > 1)]
                 what = "cuts" if kind != "batch" else "probes"
-                out.counts = ", ".join(f"{r.leaking} of {r.probed} {what} leak at T={T}" for T, r in same
-                                       if r.probed)
+                out.counts = ", ".join(
+                    f"{r.leaking} of {r.probed} {what} leak at T={T}" for T, r in same if r.probed
+                )
                 return out, lengths, skipped
     return out, [T for T in lengths if T not in failed_lengths], skipped
 
 
-def _probe(ctx: CheckContext, kind: str, w: _Weights, mode: str, grad: bool, T: int,
-           forward: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> list[ProbeResult]:
+def _probe(
+    ctx: CheckContext,
+    kind: str,
+    w: _Weights,
+    mode: str,
+    grad: bool,
+    T: int,
+    forward: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+) -> list[ProbeResult]:
     assert w.model is not None
     device = torch.device("cpu")
     seed = ctx.seed * 1000 + 300 + T
     if kind == "batch":
-        if T != ctx.seq_len:
+        if ctx.seq_len != T:
             return []
         cond = Condition(w.name, mode, grad, probes.BATCH_ROWS)
         return [probes.probe_batch(w.model, forward, T, ctx.vocab_size, cond, seed, device)]
     plan = probes.plan_cuts(T, ctx.vocab_size, PROBE_TOKENS, ROWS, SINGLE_CUTS, seed)
-    results = [probes.run_probe(kind, w.model, forward, T, ctx.vocab_size, plan.cuts,
-                                Condition(w.name, mode, grad, plan.rows), seed, device)]
+    results = [
+        probes.run_probe(
+            kind,
+            w.model,
+            forward,
+            T,
+            ctx.vocab_size,
+            plan.cuts,
+            Condition(w.name, mode, grad, plan.rows),
+            seed,
+            device,
+        )
+    ]
     if kind == "perturbation" and not grad:  # single sequences too: a leak may depend on the batch size
-        results.append(probes.run_probe(kind, w.model, forward, T, ctx.vocab_size, plan.single,
-                                        Condition(w.name, mode, grad, 1), seed, device))
+        results.append(
+            probes.run_probe(
+                kind,
+                w.model,
+                forward,
+                T,
+                ctx.vocab_size,
+                plan.single,
+                Condition(w.name, mode, grad, 1),
+                seed,
+                device,
+            )
+        )
     return results
 
 
@@ -157,8 +197,13 @@ def _lengths_text(ctx: CheckContext, lengths: list[int]) -> str:
 def _result(ctx: CheckContext, name: str, kind: str, passed_what: str) -> CheckResult:
     out, lengths, skipped = _run_row(ctx, kind)
     if out.not_applicable:
-        return CheckResult(name, True, "n/a: model has no input embedding (nn.Embedding fed the tokens); "
-                           "the perturbation and batch rows cover causality", skipped=True)
+        return CheckResult(
+            name,
+            True,
+            "n/a: model has no input embedding (nn.Embedding fed the tokens); "
+            "the perturbation and batch rows cover causality",
+            skipped=True,
+        )
     if out.leak is not None:
         return CheckResult(name, False, f"{out.leak}; {out.counts}", value=out.worst)
     modes = "eval and train mode" if kind == "gradient" else "eval mode (grad off) and train mode (grad on)"
@@ -172,17 +217,29 @@ def _result(ctx: CheckContext, name: str, kind: str, passed_what: str) -> CheckR
 
 
 def check_perturbation(ctx: CheckContext) -> CheckResult:
-    return _result(ctx, "causality_perturbation", "perturbation",
-                   "changing the tokens after cut t leaves the logits at positions <= t unchanged for every "
-                   "cut probed (batches of cuts and single sequences)")
+    return _result(
+        ctx,
+        "causality_perturbation",
+        "perturbation",
+        "changing the tokens after cut t leaves the logits at positions <= t unchanged for every "
+        "cut probed (batches of cuts and single sequences)",
+    )
 
 
 def check_gradient(ctx: CheckContext) -> CheckResult:
-    return _result(ctx, "causality_gradient", "gradient",
-                   "d logits[<= t] / d input embedding[> t] == 0 exactly for every cut t probed")
+    return _result(
+        ctx,
+        "causality_gradient",
+        "gradient",
+        "d logits[<= t] / d input embedding[> t] == 0 exactly for every cut t probed",
+    )
 
 
 def check_batch(ctx: CheckContext) -> CheckResult:
-    return _result(ctx, "causality_batch", "batch",
-                   f"the logits of a sequence do not depend on the other {probes.BATCH_ROWS - 1} sequences of "
-                   "its batch (value, and exact-zero gradient with grad on)")
+    return _result(
+        ctx,
+        "causality_batch",
+        "batch",
+        f"the logits of a sequence do not depend on the other {probes.BATCH_ROWS - 1} sequences of "
+        "its batch (value, and exact-zero gradient with grad on)",
+    )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from lumi.models.base import LumiModel
+
 
 class ContractViolation(Exception):
     """The model broke the forward contract (wrong output type or shape)."""
@@ -68,10 +69,10 @@ class CheckContext:
             wanted.append(min(self.max_len, MAX_PROBE_LEN))
         lengths, skipped = [], []
         for T in sorted(set(wanted)):
-            if self.max_len is not None and T > self.max_len:
+            if self.max_len is not None and self.max_len < T:
                 if T in self.extra_lengths:
                     skipped.append(f"T={T} (above the model's maximum context {self.max_len})")
-                elif T == self.seq_len + 3:
+                elif self.seq_len + 3 == T:
                     lengths.append(max(2, self.seq_len - 3))
                 continue
             lengths.append(T)
@@ -85,13 +86,6 @@ class CheckContext:
 
             self._overfit = train_on_one_batch(self)
         return self._overfit
-
-
-def max_len_of(model: LumiModel) -> int | None:
-    """The model's declared maximum context (``LumiModel.max_context``); None for any length."""
-    if isinstance(model, LumiModel):
-        return model.max_context()
-    return LumiModel.max_context(model)  # duck-typed models with a ``config``
 
 
 def forward_logits(model: LumiModel, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -72,18 +72,26 @@ class Leak:
         where = f"T={self.T}, {self.condition.describe()}"
         at = f"position {self.position}" if self.exact else f"a position <= {self.cut}"
         if self.probe == "perturbation":  # the moved position is measured, so it is always exact
-            return (f"LEAK at position {self.position}: changing the tokens after position t={self.cut} ({where}) changed the logits "
-                    f"at position {self.position} by {self.size:.3g} (tolerance {self.tolerance:.3g})")
+            return (
+                f"LEAK at position {self.position}: changing the tokens after position t={self.cut} ({where}) changed the logits "
+                f"at position {self.position} by {self.size:.3g} (tolerance {self.tolerance:.3g})"
+            )
         if self.probe == "gradient":
-            return (f"LEAK at {at}: the gradient of the logits at positions <= {self.cut} ({where}) w.r.t. the "
-                    f"input embedding at future position {self.source} is {self.size:.3g} (must be exactly 0)")
+            return (
+                f"LEAK at {at}: the gradient of the logits at positions <= {self.cut} ({where}) w.r.t. the "
+                f"input embedding at future position {self.source} is {self.size:.3g} (must be exactly 0)"
+            )
         if self.source is not None:
-            return (f"LEAK across the batch: the gradient of sequence 0's logits ({where}) w.r.t. the input "
-                    f"embedding of another sequence at position {self.source} is {self.size:.3g} (must be exactly "
-                    "0); a sequence may only see its own tokens")
-        return (f"LEAK across the batch: the logits of sequence 0 at position {self.position} ({where}) changed by "
-                f"{self.size:.3g} when the other sequences of the batch changed (tolerance {self.tolerance:.3g}); "
-                "a sequence may only see its own tokens")
+            return (
+                f"LEAK across the batch: the gradient of sequence 0's logits ({where}) w.r.t. the input "
+                f"embedding of another sequence at position {self.source} is {self.size:.3g} (must be exactly "
+                "0); a sequence may only see its own tokens"
+            )
+        return (
+            f"LEAK across the batch: the logits of sequence 0 at position {self.position} ({where}) changed by "
+            f"{self.size:.3g} when the other sequences of the batch changed (tolerance {self.tolerance:.3g}); "
+            "a sequence may only see its own tokens"
+        )
 
 
 @dataclass
@@ -110,6 +118,7 @@ class Probe:
 
 
 # -- inputs ------------------------------------------------------------------------------------------
+
 
 def random_tokens(rows: int, T: int, vocab_size: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -162,16 +171,17 @@ def plan_cuts(T: int, vocab_size: int, tokens: int, max_rows: int, single_cuts: 
     when the logits would not fit), and ``single_cuts`` of them for batch-1 passes."""
     cuts = select_cuts(T, max(1, tokens // T), seed)
     rows = max(1, min(max_rows, len(cuts), rows_per_pass(T, vocab_size)))
-    single = select_cuts(T, single_cuts, seed + 1) if T - 1 > single_cuts else cuts
+    single = select_cuts(T, single_cuts, seed + 1) if single_cuts < T - 1 else cuts
     return CutPlan(cuts, rows, single)
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 # -- weights -------------------------------------------------------------------------------------------
+
 
 @torch.no_grad()
 def randomise_parameters(model: nn.Module, seed: int, scale: float = 1.0) -> None:
@@ -194,8 +204,9 @@ def randomise_parameters(model: nn.Module, seed: int, scale: float = 1.0) -> Non
 RANDOMISED_SCALES = (1.0, 0.25, 0.0625)  # tried in turn until the randomised model's logits are finite
 
 
-def randomised_copy(model: nn.Module, forward: Forward, vocab_size: int, seq_len: int,
-                    seed: int) -> nn.Module | None:
+def randomised_copy(
+    model: nn.Module, forward: Forward, vocab_size: int, seq_len: int, seed: int
+) -> nn.Module | None:
     """A copy of ``model`` with every parameter re-drawn (randomise_parameters) at the largest scale whose
     logits are finite; None when none is (the caller says the weight set was not probed)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -211,6 +222,7 @@ def randomised_copy(model: nn.Module, forward: Forward, vocab_size: int, seq_len
 
 
 # -- the probes ----------------------------------------------------------------------------------------
+
 
 class _Mode:
     """Put the model in train/eval mode and autograd on/off for a probe; restore both afterwards."""
@@ -254,8 +266,16 @@ def _perturbed(x: torch.Tensor, cuts: list[int], vocab_size: int, g: torch.Gener
     return out
 
 
-def probe_perturbation(model: nn.Module, forward: Forward, T: int, vocab_size: int, cuts: list[int],
-                       cond: Condition, seed: int, device: torch.device) -> ProbeResult:
+def probe_perturbation(
+    model: nn.Module,
+    forward: Forward,
+    T: int,
+    vocab_size: int,
+    cuts: list[int],
+    cond: Condition,
+    seed: int,
+    device: torch.device,
+) -> ProbeResult:
     """Change the tokens after each cut; the logits at positions <= cut must stay put.
 
     With ``cond.batch`` > 1 each row of a batch gets its own cut (rows = one sequence repeated); with
@@ -281,8 +301,9 @@ def probe_perturbation(model: nn.Module, forward: Forward, T: int, vocab_size: i
                     res.leaking += 1
                     if res.first is None:
                         p = int(bad.nonzero()[0, 0])
-                        res.first = Leak("perturbation", T, c, p, None, float(per_pos[p]), tol, cond,
-                                         exact=c <= exact_upto)
+                        res.first = Leak(
+                            "perturbation", T, c, p, None, float(per_pos[p]), tol, cond, exact=c <= exact_upto
+                        )
     return res
 
 
@@ -303,11 +324,21 @@ def capture_input_embeddings(model: nn.Module, tokens: torch.Tensor) -> tuple[li
     captured: list[torch.Tensor] = []
 
     def fed_the_tokens(x: object) -> bool:  # the token tensor itself, or a copy/cast of it
-        return (isinstance(x, torch.Tensor) and x.shape == tokens.shape and not x.is_floating_point()
-                and x.device == tokens.device and torch.equal(x.to(tokens.dtype), tokens))
+        return (
+            isinstance(x, torch.Tensor)
+            and x.shape == tokens.shape
+            and not x.is_floating_point()
+            and x.device == tokens.device
+            and torch.equal(x.to(tokens.dtype), tokens)
+        )
 
     def hook(module: nn.Module, inputs: tuple, output: object) -> torch.Tensor | None:
-        if inputs and fed_the_tokens(inputs[0]) and isinstance(output, torch.Tensor) and output.is_floating_point():
+        if (
+            inputs
+            and fed_the_tokens(inputs[0])
+            and isinstance(output, torch.Tensor)
+            and output.is_floating_point()
+        ):
             leaf = output.detach().requires_grad_(True)
             captured.append(leaf)
             return leaf.clone()  # a non-leaf copy, so in-place edits inside the model stay legal
@@ -317,8 +348,13 @@ def capture_input_embeddings(model: nn.Module, tokens: torch.Tensor) -> tuple[li
     return captured, handles
 
 
-def _embedding_grads(model: nn.Module, forward: Forward, x: torch.Tensor, seed: int,
-                     weight: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor] | None:
+def _embedding_grads(
+    model: nn.Module,
+    forward: Forward,
+    x: torch.Tensor,
+    seed: int,
+    weight: Callable[[torch.Tensor], torch.Tensor],
+) -> list[torch.Tensor] | None:
     """Gradients of sum(weight(logits)) w.r.t. every captured input embedding, as [rows, T] maxima of
     |gradient| over the feature dims (NaN -> 1: a NaN gradient is not a proven zero). None: no embedding."""
     captured, handles = capture_input_embeddings(model, x)
@@ -342,8 +378,16 @@ def _embedding_grads(model: nn.Module, forward: Forward, x: torch.Tensor, seed: 
     return out or [torch.zeros(x.shape)]
 
 
-def probe_gradient(model: nn.Module, forward: Forward, T: int, vocab_size: int, cuts: list[int],
-                   cond: Condition, seed: int, device: torch.device) -> ProbeResult:
+def probe_gradient(
+    model: nn.Module,
+    forward: Forward,
+    T: int,
+    vocab_size: int,
+    cuts: list[int],
+    cond: Condition,
+    seed: int,
+    device: torch.device,
+) -> ProbeResult:
     """d(random projection of logits[i, 0..cut_i]) / d(input embedding [i, s]) == 0 exactly for s > cut_i.
 
     One backward covers a whole batch of cuts (one per row, distinct random rows). A leak t <- s is seen
@@ -357,11 +401,13 @@ def probe_gradient(model: nn.Module, forward: Forward, T: int, vocab_size: int, 
         for k, chunk in enumerate(_chunks(cuts, per_pass)):
             x = random_tokens(len(chunk), T, vocab_size, seed + 100 + k).to(device)
             cut = torch.tensor(chunk)[:, None]
-            upto = (torch.arange(T)[None, :] <= cut)  # [rows, T]: the positions whose logits are projected
+            upto = torch.arange(T)[None, :] <= cut  # [rows, T]: the positions whose logits are projected
             # A random projection of each row's logits (rank one over positions x vocabulary, so it is
             # cheap at large V) that no leak can cancel except on a measure-zero set.
-            r = (torch.randn(len(chunk), 1, vocab_size, generator=g)
-                 * (torch.randn(len(chunk), T, 1, generator=g) * upto[..., None])).to(device)
+            r = (
+                torch.randn(len(chunk), 1, vocab_size, generator=g)
+                * (torch.randn(len(chunk), T, 1, generator=g) * upto[..., None])
+            ).to(device)
             grads = _embedding_grads(model, forward, x, seed, lambda logits: logits * r)
             if grads is None:
                 res.applicable = False
@@ -378,16 +424,32 @@ def probe_gradient(model: nn.Module, forward: Forward, T: int, vocab_size: int, 
                     res.leaking += 1
                     if res.first is None:
                         s = c + 1 + int(nz[0, 0])
-                        res.first = Leak("gradient", T, c, c, s, float(vals[int(nz[0, 0])]), 0.0, cond,
-                                         exact=c <= exact_upto)
+                        res.first = Leak(
+                            "gradient",
+                            T,
+                            c,
+                            c,
+                            s,
+                            float(vals[int(nz[0, 0])]),
+                            0.0,
+                            cond,
+                            exact=c <= exact_upto,
+                        )
     return res
 
 
 BATCH_ROWS = 3
 
 
-def probe_batch(model: nn.Module, forward: Forward, T: int, vocab_size: int, cond: Condition, seed: int,
-                device: torch.device) -> ProbeResult:
+def probe_batch(
+    model: nn.Module,
+    forward: Forward,
+    T: int,
+    vocab_size: int,
+    cond: Condition,
+    seed: int,
+    device: torch.device,
+) -> ProbeResult:
     """The logits of sequence 0 must not depend on sequences 1.. of its batch.
 
     Grad off: replace the other sequences wholesale (same batch shape) and compare sequence 0's logits.
@@ -428,8 +490,17 @@ def probe_batch(model: nn.Module, forward: Forward, T: int, vocab_size: int, con
     return res
 
 
-def run_probe(kind: str, model: nn.Module, forward: Forward, T: int, vocab_size: int, cuts: list[int],
-              cond: Condition, seed: int, device: torch.device) -> ProbeResult:
+def run_probe(
+    kind: str,
+    model: nn.Module,
+    forward: Forward,
+    T: int,
+    vocab_size: int,
+    cuts: list[int],
+    cond: Condition,
+    seed: int,
+    device: torch.device,
+) -> ProbeResult:
     """One probe by name: perturbation | gradient | batch (which ignores ``cuts``)."""
     if kind == "perturbation":
         return probe_perturbation(model, forward, T, vocab_size, cuts, cond, seed, device)

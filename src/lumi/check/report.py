@@ -49,7 +49,9 @@ class CheckReport:
         for r in self.results:
             if r.name == name:
                 return r
-        raise KeyError(f"no check named {name!r} in this report (have: {', '.join(r.name for r in self.results)})")
+        raise KeyError(
+            f"no check named {name!r} in this report (have: {', '.join(r.name for r in self.results)})"
+        )
 
     def to_dict(self) -> dict:
         return {

@@ -21,20 +21,36 @@ def check_determinism(ctx: CheckContext) -> CheckResult:
     sa, sb = a.state_dict(), b.state_dict()
     differing = [k for k in sa if k not in sb or not torch.equal(sa[k], sb[k])]
     if differing:
-        return CheckResult("determinism", False,
-                           f"two builds with seed {ctx.seed} have different weights in {differing[0]!r}"
-                           f"{f' (+{len(differing) - 1} more)' if len(differing) > 1 else ''}; "
-                           "initialise only from torch's global RNG")
+        return CheckResult(
+            "determinism",
+            False,
+            f"two builds with seed {ctx.seed} have different weights in {differing[0]!r}"
+            f"{f' (+{len(differing) - 1} more)' if len(differing) > 1 else ''}; "
+            "initialise only from torch's global RNG",
+        )
     if not torch.equal(la, la2):
         d = float((la - la2).abs().max())
-        return CheckResult("determinism", False, f"two forwards of the same model on the same tokens differ "
-                           f"(max |Δlogit| {d:.3g}); the forward pass must not be random in eval mode", value=d)
+        return CheckResult(
+            "determinism",
+            False,
+            f"two forwards of the same model on the same tokens differ "
+            f"(max |Δlogit| {d:.3g}); the forward pass must not be random in eval mode",
+            value=d,
+        )
     if not torch.equal(la, lb):
         d = float((la - lb).abs().max())
-        return CheckResult("determinism", False, f"two builds with seed {ctx.seed} give different logits "
-                           f"(max |Δlogit| {d:.3g})", value=d)
-    return CheckResult("determinism", True, f"two builds with seed {ctx.seed}: identical weights and bitwise "
-                       "identical logits", value=0.0)
+        return CheckResult(
+            "determinism",
+            False,
+            f"two builds with seed {ctx.seed} give different logits (max |Δlogit| {d:.3g})",
+            value=d,
+        )
+    return CheckResult(
+        "determinism",
+        True,
+        f"two builds with seed {ctx.seed}: identical weights and bitwise identical logits",
+        value=0.0,
+    )
 
 
 def check_save_load(ctx: CheckContext) -> CheckResult:
@@ -57,8 +73,17 @@ def check_save_load(ctx: CheckContext) -> CheckResult:
         got = forward_logits(other, x, ctx.vocab_size)
     if not torch.equal(want, got):
         d = float((want - got).abs().max())
-        return CheckResult("save_load", False,
-                           f"logits after a safetensors save/load round trip differ (max |Δlogit| {d:.3g}); "
-                           "is some state kept outside parameters and persistent buffers?", value=d)
-    return CheckResult("save_load", True, f"safetensors round trip ({size / 1e6:.2f} MB) into a differently "
-                       "initialised model gives bitwise identical logits", value=0.0)
+        return CheckResult(
+            "save_load",
+            False,
+            f"logits after a safetensors save/load round trip differ (max |Δlogit| {d:.3g}); "
+            "is some state kept outside parameters and persistent buffers?",
+            value=d,
+        )
+    return CheckResult(
+        "save_load",
+        True,
+        f"safetensors round trip ({size / 1e6:.2f} MB) into a differently "
+        "initialised model gives bitwise identical logits",
+        value=0.0,
+    )

@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from lumi.check import accounting, causality, reproducibility, training
-from lumi.check.context import CheckContext, forward_logits, max_len_of
+from lumi.check.context import CheckContext, forward_logits
 from lumi.check.report import CheckReport, CheckResult
 from lumi.errors import LumiError, closest
 from lumi.models.base import LumiModel
@@ -23,10 +24,18 @@ def check_shape(ctx: CheckContext) -> CheckResult:
     with torch.no_grad():
         logits = forward_logits(model, x, ctx.vocab_size)
     if not torch.isfinite(logits).all():
-        return CheckResult("shape", False, f"logits [{ctx.batch_size}, {ctx.seq_len}, {ctx.vocab_size}] contain "
-                           "NaN or inf at initialisation")
-    return CheckResult("shape", True, f"tokens [{ctx.batch_size}, {ctx.seq_len}] -> finite logits "
-                       f"[{ctx.batch_size}, {ctx.seq_len}, {ctx.vocab_size}] ({logits.dtype})")
+        return CheckResult(
+            "shape",
+            False,
+            f"logits [{ctx.batch_size}, {ctx.seq_len}, {ctx.vocab_size}] contain "
+            "NaN or inf at initialisation",
+        )
+    return CheckResult(
+        "shape",
+        True,
+        f"tokens [{ctx.batch_size}, {ctx.seq_len}] -> finite logits "
+        f"[{ctx.batch_size}, {ctx.seq_len}, {ctx.vocab_size}] ({logits.dtype})",
+    )
 
 
 @dataclass(frozen=True)
@@ -37,19 +46,22 @@ class Check:
 
 
 # Table order: cheapest contract first, then the leak catcher, then training, then bookkeeping.
-CHECKS: dict[str, Check] = {c.name: c for c in [
-    Check("shape", "output shape", check_shape),
-    Check("causality_perturbation", "causality: perturbation", causality.check_perturbation),
-    Check("causality_gradient", "causality: gradient", causality.check_gradient),
-    Check("causality_batch", "causality: batch independence", causality.check_batch),
-    Check("initial_loss", "initial loss ≈ ln V", training.check_initial_loss),
-    Check("overfit", "overfit one batch", training.check_overfit),
-    Check("finite_grads", "finite gradients", training.check_finite_grads),
-    Check("determinism", "determinism", reproducibility.check_determinism),
-    Check("save_load", "save/load (safetensors)", reproducibility.check_save_load),
-    Check("params", "parameter counts", accounting.check_params),
-    Check("flops", "FLOPs/token estimate", accounting.check_flops),
-]}
+CHECKS: dict[str, Check] = {
+    c.name: c
+    for c in [
+        Check("shape", "output shape", check_shape),
+        Check("causality_perturbation", "causality: perturbation", causality.check_perturbation),
+        Check("causality_gradient", "causality: gradient", causality.check_gradient),
+        Check("causality_batch", "causality: batch independence", causality.check_batch),
+        Check("initial_loss", "initial loss ≈ ln V", training.check_initial_loss),
+        Check("overfit", "overfit one batch", training.check_overfit),
+        Check("finite_grads", "finite gradients", training.check_finite_grads),
+        Check("determinism", "determinism", reproducibility.check_determinism),
+        Check("save_load", "save/load (safetensors)", reproducibility.check_save_load),
+        Check("params", "parameter counts", accounting.check_params),
+        Check("flops", "FLOPs/token estimate", accounting.check_flops),
+    ]
+}
 
 # Shorthands accepted by `only=` / `--only`.
 CHECK_GROUPS = {"causality": ["causality_perturbation", "causality_gradient", "causality_batch"]}
@@ -105,15 +117,32 @@ def check_model(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        _run_all(model_factory, label, seq_len, batch_size, seed, names, report, tuple(int(L) for L in extra_lengths))
+        _run_all(
+            model_factory,
+            label,
+            seq_len,
+            batch_size,
+            seed,
+            names,
+            report,
+            tuple(int(L) for L in extra_lengths),
+        )
     finally:
         torch.set_num_threads(old_threads)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _run_all(model_factory: Callable[[], LumiModel], label: str, seq_len: int, batch_size: int, seed: int,
-             names: list[str], report: CheckReport, extra_lengths: tuple[int, ...]) -> None:
+def _run_all(
+    model_factory: Callable[[], LumiModel],
+    label: str,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    names: list[str],
+    report: CheckReport,
+    extra_lengths: tuple[int, ...],
+) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
@@ -126,7 +155,7 @@ def _run_all(model_factory: Callable[[], LumiModel], label: str, seq_len: int, b
         vocab = int(getattr(getattr(probe, "config", None), "vocab_size", 0) or 0)
         if vocab < 2:
             raise LumiError(f"{label}: model config must have vocab_size >= 2 (got {vocab or 'none'})")
-        max_len = max_len_of(probe)
+        max_len = probe.max_context()
         if max_len is not None and seq_len > max_len:
             raise LumiError(f"--seq-len {seq_len} exceeds the model's maximum context {max_len}")
         ctx = CheckContext(model_factory, label, seq_len, batch_size, seed, vocab, max_len, extra_lengths)
@@ -161,8 +190,15 @@ def run_checks(
     def factory() -> LumiModel:
         return spec.cls(copy.deepcopy(config))
 
-    return check_model(factory, label=label, preset=preset, seq_len=seq_len, seed=seed, only=only,
-                       extra_lengths=extra_lengths)
+    return check_model(
+        factory,
+        label=label,
+        preset=preset,
+        seq_len=seq_len,
+        seed=seed,
+        only=only,
+        extra_lengths=extra_lengths,
+    )
 
 
 def _describe(e: BaseException) -> str:

@@ -20,11 +20,15 @@ def check_initial_loss(ctx: CheckContext) -> CheckResult:
         loss = float(lm_loss(forward_logits(model, x, ctx.vocab_size), x))
     ln_v = math.log(ctx.vocab_size)
     ok = abs(loss - ln_v) < INITIAL_LOSS_MARGIN * ln_v
-    detail = (f"loss {loss:.3f} on random tokens vs ln V = {ln_v:.3f} (V={ctx.vocab_size}); "
-              f"must be within {INITIAL_LOSS_MARGIN:g} x ln V = ±{INITIAL_LOSS_MARGIN * ln_v:.2f}")
+    detail = (
+        f"loss {loss:.3f} on random tokens vs ln V = {ln_v:.3f} (V={ctx.vocab_size}); "
+        f"must be within {INITIAL_LOSS_MARGIN:g} x ln V = ±{INITIAL_LOSS_MARGIN * ln_v:.2f}"
+    )
     if not ok:
-        detail += ("; an initial model should be close to uniform — check the init scale and that the "
-                   "input does not already predict the current token")
+        detail += (
+            "; an initial model should be close to uniform — check the init scale and that the "
+            "input does not already predict the current token"
+        )
     return CheckResult("initial_loss", ok, detail, value=loss)
 
 
@@ -63,9 +67,11 @@ def check_overfit(ctx: CheckContext) -> CheckResult:
         return CheckResult("overfit", False, run.error)
     target = OVERFIT_FRACTION * math.log(ctx.vocab_size)
     ok = run.final_loss < target
-    detail = (f"one batch {ctx.batch_size}x{ctx.seq_len}, Adam lr {run.lr:g}, {run.used} of max {run.steps} steps: "
-              f"loss {run.start_loss:.3f} -> {run.final_loss:.3f}; must fall below {OVERFIT_FRACTION:g} x ln V = "
-              f"{target:.2f}")
+    detail = (
+        f"one batch {ctx.batch_size}x{ctx.seq_len}, Adam lr {run.lr:g}, {run.used} of max {run.steps} steps: "
+        f"loss {run.start_loss:.3f} -> {run.final_loss:.3f}; must fall below {OVERFIT_FRACTION:g} x ln V = "
+        f"{target:.2f}"
+    )
     if not ok:
         detail += " (a model that cannot memorise one batch is not learning; set check_overfit_steps/_lr if it needs more)"
     return CheckResult("overfit", ok, detail, value=run.final_loss)
@@ -89,8 +95,12 @@ def check_finite_grads(ctx: CheckContext) -> CheckResult:
         elif not torch.isfinite(p.grad).all():
             bad.append(pname)
     if bad:
-        return CheckResult("finite_grads", False,
-                           f"non-finite gradients in {len(bad)} of {n} parameters: {_names(bad)}", value=len(bad))
+        return CheckResult(
+            "finite_grads",
+            False,
+            f"non-finite gradients in {len(bad)} of {n} parameters: {_names(bad)}",
+            value=len(bad),
+        )
     detail = f"all {n - len(missing)} parameters with a gradient have finite gradients (loss {float(loss.detach()):.3f})"
     if missing:
         detail += f"; warning: {len(missing)} parameters get no gradient: {_names(missing)}"

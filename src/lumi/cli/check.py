@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from lumi.cli.common import add_json_flag, add_model_args, load_plugins, parse_overrides, print_json, split_model_preset
+from lumi.cli.common import (
+    add_json_flag,
+    add_model_args,
+    load_plugins,
+    parse_overrides,
+    print_json,
+    split_model_preset,
+)
 
 HELP = "prove a model obeys the contract: causality (no leaks), init loss, overfit, FLOPs, save/load"
 
@@ -50,17 +57,33 @@ Examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("check", help=HELP, description=DESCRIPTION,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "check", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_args(p)
-    p.add_argument("--seq-len", default="32", metavar="T[,T2...]",
-                   help="sequence length of the checks (default 32); further lengths are probed for causality "
-                        "on top of the defaults (T, T+3, 256, the model's maximum context), e.g. 32,512,1024")
-    p.add_argument("--seed", type=int, default=0, help="seed for the model init and the random tokens (default 0)")
-    p.add_argument("--vocab-size", type=int, default=None, metavar="V",
-                   help="vocabulary size of the checked instance (default: the preset's, usually 256)")
-    p.add_argument("--only", default=None, metavar="CHECK[,CHECK]",
-                   help="run only these checks (names above; 'causality' = both causality rows)")
+    p.add_argument(
+        "--seq-len",
+        default="32",
+        metavar="T[,T2...]",
+        help="sequence length of the checks (default 32); further lengths are probed for causality "
+        "on top of the defaults (T, T+3, 256, the model's maximum context), e.g. 32,512,1024",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for the model init and the random tokens (default 0)"
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        metavar="V",
+        help="vocabulary size of the checked instance (default: the preset's, usually 256)",
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        metavar="CHECK[,CHECK]",
+        help="run only these checks (names above; 'causality' = both causality rows)",
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -72,7 +95,9 @@ def parse_lengths(text: str) -> list[int]:
     try:
         lengths = [int(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
-        raise LumiError(f"--seq-len takes lengths separated by commas, e.g. 32 or 32,512; got {text!r}") from None
+        raise LumiError(
+            f"--seq-len takes lengths separated by commas, e.g. 32 or 32,512; got {text!r}"
+        ) from None
     if not lengths:
         raise LumiError(f"--seq-len takes lengths separated by commas, e.g. 32 or 32,512; got {text!r}")
     return lengths
@@ -101,8 +126,16 @@ def run(args: argparse.Namespace) -> int:
     seq_len, extra = lengths[0], lengths[1:]
     reports = []
     for p in presets_to_check(name, preset):
-        report = run_checks(name, p, overrides, vocab_size=args.vocab_size, seq_len=seq_len,
-                            seed=args.seed, only=only, extra_lengths=extra)
+        report = run_checks(
+            name,
+            p,
+            overrides,
+            vocab_size=args.vocab_size,
+            seq_len=seq_len,
+            seed=args.seed,
+            only=only,
+            extra_lengths=extra,
+        )
         reports.append(report)
         if not args.json:
             _print_table(report, CHECKS, seq_len)
@@ -112,15 +145,21 @@ def run(args: argparse.Namespace) -> int:
         from lumi.check.causality import PERTURBATION_ATOL
         from lumi.check.training import INITIAL_LOSS_MARGIN, OVERFIT_FRACTION
 
-        print_json({
-            "model": name,
-            "passed": passed,
-            "seq_len": seq_len,
-            "extra_probe_lengths": extra,
-            "tolerances": {"perturbation_atol_times_max_abs_logit": PERTURBATION_ATOL, "initial_loss_margin_frac_lnV": INITIAL_LOSS_MARGIN,
-                           "overfit_below_frac_lnV": OVERFIT_FRACTION, "flops_rtol": FLOPS_RTOL},
-            "reports": [r.to_dict() for r in reports],
-        })
+        print_json(
+            {
+                "model": name,
+                "passed": passed,
+                "seq_len": seq_len,
+                "extra_probe_lengths": extra,
+                "tolerances": {
+                    "perturbation_atol_times_max_abs_logit": PERTURBATION_ATOL,
+                    "initial_loss_margin_frac_lnV": INITIAL_LOSS_MARGIN,
+                    "overfit_below_frac_lnV": OVERFIT_FRACTION,
+                    "flops_rtol": FLOPS_RTOL,
+                },
+                "reports": [r.to_dict() for r in reports],
+            }
+        )
     else:
         for r in reports:
             print(r.summary())
@@ -135,7 +174,9 @@ def _print_table(report, checks, seq_len: int) -> None:
     console = Console(soft_wrap=False)
     if not console.is_terminal:
         console = Console(width=150)  # logs and CI: wide enough that details rarely wrap
-    table = Table(title=f"lumi check {report.model}  (T={seq_len}, {report.seconds or 0:.1f}s)", title_justify="left")
+    table = Table(
+        title=f"lumi check {report.model}  (T={seq_len}, {report.seconds or 0:.1f}s)", title_justify="left"
+    )
     table.add_column("check")
     table.add_column("result")
     table.add_column("detail", overflow="fold")

@@ -11,7 +11,9 @@ from lumi.errors import LumiError
 
 
 def add_json_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print a machine-readable JSON object instead of tables")
+    p.add_argument(
+        "--json", action="store_true", help="print a machine-readable JSON object instead of tables"
+    )
 
 
 def print_json(obj: Any) -> None:
@@ -120,4 +122,3 @@ class PipeSafeStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
-

@@ -76,38 +76,93 @@ cmp.yaml:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("compare", help=HELP, description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("arms", nargs="*", metavar="ARM", help="MODEL[:PRESET][+FIELD=VALUE...] (first = baseline)")
-    p.add_argument("--config", metavar="FILE.yaml", help="comparison spec (arms, seeds, budget, match, data, train)")
-    p.add_argument("--baseline", metavar="LABEL", help="the arm the others are compared against (default: the first)")
-    p.add_argument("--seeds", help="number of seeds (3 -> 0,1,2), a list (0,5,7), or auto[:MAX]: add seeds one at a "
-                                   "time until every verdict is decided (anytime-valid; default MAX 10); default 2")
-    p.add_argument("--tune", choices=("lr",), help="tune each arm's learning rate first (same grid rules and budget "
-                                                  "for every arm, scored on a tuning split of the training data)")
-    p.add_argument("--tune-grid", metavar="GRID", help="with --tune: learning rates 1e-3,3e-3,1e-2 or auto (default: "
-                                                       "5 points x/÷ 2 apart around each arm's lr)")
-    p.add_argument("--tune-fraction", type=float, metavar="F",
-                   help="with --tune: tuning runs get this fraction of the matched budget (default 0.5)")
+    p = subparsers.add_parser(
+        "compare",
+        help=HELP,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "arms", nargs="*", metavar="ARM", help="MODEL[:PRESET][+FIELD=VALUE...] (first = baseline)"
+    )
+    p.add_argument(
+        "--config", metavar="FILE.yaml", help="comparison spec (arms, seeds, budget, match, data, train)"
+    )
+    p.add_argument(
+        "--baseline", metavar="LABEL", help="the arm the others are compared against (default: the first)"
+    )
+    p.add_argument(
+        "--seeds",
+        help="number of seeds (3 -> 0,1,2), a list (0,5,7), or auto[:MAX]: add seeds one at a "
+        "time until every verdict is decided (anytime-valid; default MAX 10); default 2",
+    )
+    p.add_argument(
+        "--tune",
+        choices=("lr",),
+        help="tune each arm's learning rate first (same grid rules and budget "
+        "for every arm, scored on a tuning split of the training data)",
+    )
+    p.add_argument(
+        "--tune-grid",
+        metavar="GRID",
+        help="with --tune: learning rates 1e-3,3e-3,1e-2 or auto (default: "
+        "5 points x/÷ 2 apart around each arm's lr)",
+    )
+    p.add_argument(
+        "--tune-fraction",
+        type=float,
+        metavar="F",
+        help="with --tune: tuning runs get this fraction of the matched budget (default 0.5)",
+    )
     p.add_argument("--budget", help="per-run budget: 600steps, 2M tokens, 3e14flops, 90s, 2m, 1h")
-    p.add_argument("--match", choices=("tokens", "flops", "time"), help="what is equal across arms (default tokens)")
-    p.add_argument("--threshold", type=float, metavar="BPB",
-                   help="smallest |Δ| in BPB that counts as a difference (default 0.005)")
-    p.add_argument("--jobs", type=int, metavar="N", help="runs in parallel (CPU threads are divided among them)")
+    p.add_argument(
+        "--match", choices=("tokens", "flops", "time"), help="what is equal across arms (default tokens)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        metavar="BPB",
+        help="smallest |Δ| in BPB that counts as a difference (default 0.005)",
+    )
+    p.add_argument(
+        "--jobs", type=int, metavar="N", help="runs in parallel (CPU threads are divided among them)"
+    )
     p.add_argument("--name", help="comparison name: the directory compare/<name> (default from the arms)")
     p.add_argument("--out", metavar="DIR", help="comparison directory (default compare/<name>)")
-    p.add_argument("--corpus", help="corpus spec: shakespeare, pystdlib, files:PATH ... (default shakespeare)")
+    p.add_argument(
+        "--corpus", help="corpus spec: shakespeare, pystdlib, files:PATH ... (default shakespeare)"
+    )
     p.add_argument("--tokenizer", help="tokenizer spec: bytes, bpe:N (default bpe:4096)")
     p.add_argument("--data", metavar="DIR", help="an already prepared data directory (lumi data prepare)")
-    p.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="shared setting for every arm: train.seq_len=64, optim.lr=1e-3 ... (repeatable)")
-    p.add_argument("--model-file", action="append", default=[], metavar="FILE.py",
-                   help="a Python file registering your architecture; attached to the arms using its models")
-    p.add_argument("--allow-leaky", action="store_true",
-                   help="train arms that fail the causality check (their results are flagged suspicious)")
-    p.add_argument("--force", action="store_true",
-                   help="the directory holds a different comparison: start fresh (the old one is kept beside it)")
-    p.add_argument("--retry-failed", action="store_true", help="run failed runs again instead of reporting them")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="shared setting for every arm: train.seq_len=64, optim.lr=1e-3 ... (repeatable)",
+    )
+    p.add_argument(
+        "--model-file",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="a Python file registering your architecture; attached to the arms using its models",
+    )
+    p.add_argument(
+        "--allow-leaky",
+        action="store_true",
+        help="train arms that fail the causality check (their results are flagged suspicious)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="the directory holds a different comparison: start fresh (the old one is kept beside it)",
+    )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="run failed runs again instead of reporting them"
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     add_json_flag(p)
@@ -140,7 +195,9 @@ def build_spec(args: argparse.Namespace):
     if args.allow_leaky:
         raw["allow_leaky"] = True
     if (args.tune_grid is not None or args.tune_fraction is not None) and not (args.tune or raw.get("tune")):
-        raise LumiError("--tune-grid / --tune-fraction need --tune lr (e.g. --tune lr --tune-grid 1e-3,3e-3,1e-2)")
+        raise LumiError(
+            "--tune-grid / --tune-fraction need --tune lr (e.g. --tune lr --tune-grid 1e-3,3e-3,1e-2)"
+        )
     if args.tune or args.tune_grid is not None or args.tune_fraction is not None:
         tune = raw.get("tune")
         tune = dict(tune) if isinstance(tune, dict) else {"param": tune or args.tune}
@@ -165,13 +222,16 @@ def build_spec(args: argparse.Namespace):
         key, eq, value = item.partition("=")
         section, dot, field = key.strip().partition(".")
         if not eq or not dot or section not in ("train", "optim", "data") or not field:
-            raise LumiError(f"--set {item!r} must look like train.KEY=VALUE, optim.KEY=VALUE or data.KEY=VALUE "
-                            "(e.g. --set train.seq_len=64); per-arm model fields go in the arm: llama:nano+mlp=relu2")
+            raise LumiError(
+                f"--set {item!r} must look like train.KEY=VALUE, optim.KEY=VALUE or data.KEY=VALUE "
+                "(e.g. --set train.seq_len=64); per-arm model fields go in the arm: llama:nano+mlp=relu2"
+            )
         raw.setdefault(section, {})
         raw[section] = dict(raw[section] or {})
         raw[section][field] = yaml.safe_load(value) if value.strip() else ""
-    spec = spec_from_dict(raw, where, default_name=default_name,
-                          base_dir=Path(args.config).parent if args.config else None)
+    spec = spec_from_dict(
+        raw, where, default_name=default_name, base_dir=Path(args.config).parent if args.config else None
+    )
     if args.arms and not args.name and not args.config:
         spec.name = auto_name(spec.arms)
     _attach_model_files(spec, args.model_file)
@@ -189,8 +249,10 @@ def _attach_model_files(spec, files: list[str]) -> None:
         names = set(load_model_file(f))
         users = [a for a in spec.arms if a.name in names]
         if not users:
-            raise LumiError(f"model file {f!r} registers {', '.join(sorted(names)) or 'no model'}, but no arm uses "
-                            f"{'them' if len(names) > 1 else 'it'}; arms: {', '.join(a.label for a in spec.arms)}")
+            raise LumiError(
+                f"model file {f!r} registers {', '.join(sorted(names)) or 'no model'}, but no arm uses "
+                f"{'them' if len(names) > 1 else 'it'}; arms: {', '.join(a.label for a in spec.arms)}"
+            )
         for arm in users:
             if f not in arm.files:
                 arm.files.append(f)
@@ -207,8 +269,14 @@ def run(args: argparse.Namespace) -> int:
     spec = build_spec(args)
     comp_dir = Path(args.out) if args.out else Path("compare") / spec.name
     progress = not args.no_progress
-    results, files = run_comparison(spec, comp_dir, force=args.force, retry_failed=args.retry_failed,
-                                    progress=progress, make_plots=not args.no_plots)
+    results, files = run_comparison(
+        spec,
+        comp_dir,
+        force=args.force,
+        retry_failed=args.retry_failed,
+        progress=progress,
+        make_plots=not args.no_plots,
+    )
     if args.json:
         print_json(results)
         return 0

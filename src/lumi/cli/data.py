@@ -26,31 +26,52 @@ examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("data", help="prepare corpora into token shards; list corpora",
-                              description="Corpora, tokenizers and token shards with exact byte accounting.")
+    p = subparsers.add_parser(
+        "data",
+        help="prepare corpora into token shards; list corpora",
+        description="Corpora, tokenizers and token shards with exact byte accounting.",
+    )
     sub = p.add_subparsers(dest="data_command", metavar="COMMAND")
 
-    prep = sub.add_parser("prepare", help="tokenize a corpus into shards + manifest",
-                          description=PREPARE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    prep = sub.add_parser(
+        "prepare",
+        help="tokenize a corpus into shards + manifest",
+        description=PREPARE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     prep.add_argument("--corpus", default="shakespeare", help="corpus spec (default: shakespeare)")
-    prep.add_argument("--tokenizer", default="bpe:4096", help="tokenizer spec: bytes or bpe:N (default: bpe:4096)")
-    prep.add_argument("--out", type=Path, default=None,
-                      help="output directory (default: $LUMI_HOME/prepared/CORPUS__TOKENIZER, "
-                           "LUMI_HOME defaults to ~/.cache/lumi)")
+    prep.add_argument(
+        "--tokenizer", default="bpe:4096", help="tokenizer spec: bytes or bpe:N (default: bpe:4096)"
+    )
+    prep.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: $LUMI_HOME/prepared/CORPUS__TOKENIZER, "
+        "LUMI_HOME defaults to ~/.cache/lumi)",
+    )
     prep.add_argument("--force", action="store_true", help="rebuild even if valid outputs exist")
     add_json_flag(prep)
     prep.set_defaults(func=run_prepare)
 
-    corp = sub.add_parser("corpora", help="list the built-in corpora and the other accepted specs",
-                          description="List the built-in corpora (and whether a download is cached).")
+    corp = sub.add_parser(
+        "corpora",
+        help="list the built-in corpora and the other accepted specs",
+        description="List the built-in corpora (and whether a download is cached).",
+    )
     add_json_flag(corp)
     corp.set_defaults(func=run_corpora)
 
-    info = sub.add_parser("info", help="summarise a prepared-data directory",
-                          description="Show what a directory written by `lumi data prepare` holds. "
-                                      "--verify reads every token and checks hashes and byte totals.")
+    info = sub.add_parser(
+        "info",
+        help="summarise a prepared-data directory",
+        description="Show what a directory written by `lumi data prepare` holds. "
+        "--verify reads every token and checks hashes and byte totals.",
+    )
     info.add_argument("directory", type=Path, help="a directory written by `lumi data prepare`")
-    info.add_argument("--verify", action="store_true", help="also check file hashes, token ids and byte totals")
+    info.add_argument(
+        "--verify", action="store_true", help="also check file hashes, token ids and byte totals"
+    )
     add_json_flag(info)
     info.set_defaults(func=run_info)
 
@@ -71,13 +92,20 @@ def run_prepare(args) -> int:
         print_json(report)
         return 0
     how = data.last_prepare
-    status = "reused existing data (nothing changed)" if how.get("reused") else (
-        f"tokenizer {how['tokenizer']}, shards written in {how['seconds']:.1f}s")
-    print(f"corpus {report['corpus']} ({report['corpus_fingerprint'][:12]}), tokenizer {report['tokenizer']} "
-          f"(vocabulary {report['vocab_size']}): {status}")
+    status = (
+        "reused existing data (nothing changed)"
+        if how.get("reused")
+        else (f"tokenizer {how['tokenizer']}, shards written in {how['seconds']:.1f}s")
+    )
+    print(
+        f"corpus {report['corpus']} ({report['corpus_fingerprint'][:12]}), tokenizer {report['tokenizer']} "
+        f"(vocabulary {report['vocab_size']}): {status}"
+    )
     _print_table(report["splits"])
     if not how.get("reused"):
-        print(f"tokenizing speed: {how['tokenize_mb_per_s']:.2f} MB/s, {how['tokenize_tokens_per_s']:,.0f} tokens/s")
+        print(
+            f"tokenizing speed: {how['tokenize_mb_per_s']:.2f} MB/s, {how['tokenize_tokens_per_s']:,.0f} tokens/s"
+        )
     print(f"data: {data.directory}")
     return 0
 
@@ -92,8 +120,8 @@ def run_corpora(args) -> int:
         ready = (not c.needs_download) or cached
         rows.append({"name": c.name, "description": c.description, "available_offline": ready})
     other = {
-        "files:PATH_OR_GLOB[,...]": 'local .txt files, directories (.txt/.jsonl/.parquet) and globs; '
-                                    '.jsonl rows need a "text" field',
+        "files:PATH_OR_GLOB[,...]": "local .txt files, directories (.txt/.jsonl/.parquet) and globs; "
+        '.jsonl rows need a "text" field',
         "hf:NAME[:CONFIG][:SPLIT][:FIELD]": "a Hugging Face dataset (needs `datasets` and the internet)",
     }
     if args.json:
@@ -120,8 +148,10 @@ def run_info(args) -> int:
     if args.json:
         print_json(report)
         return 0
-    print(f"corpus {report['corpus']} ({report['corpus_fingerprint'][:12]}), tokenizer {report['tokenizer']} "
-          f"(vocabulary {report['vocab_size']}), fingerprint {report['fingerprint'][:12]}")
+    print(
+        f"corpus {report['corpus']} ({report['corpus_fingerprint'][:12]}), tokenizer {report['tokenizer']} "
+        f"(vocabulary {report['vocab_size']}), fingerprint {report['fingerprint'][:12]}"
+    )
     _print_table(report["splits"])
     if args.verify:
         print("verified: file hashes, token ids and byte totals match the manifest")
@@ -149,5 +179,7 @@ def _print_table(splits: dict) -> None:
     header = f"  {'split':<6} {'documents':>10} {'MB':>9} {'tokens':>12} {'bytes/token':>12}"
     print(header)
     for name, s in splits.items():
-        print(f"  {name:<6} {s['documents']:>10,} {s['bytes'] / 1e6:>9.2f} {s['tokens']:>12,} "
-              f"{s['bytes_per_token']:>12.3f}")
+        print(
+            f"  {name:<6} {s['documents']:>10,} {s['bytes'] / 1e6:>9.2f} {s['tokens']:>12,} "
+            f"{s['bytes_per_token']:>12.3f}"
+        )

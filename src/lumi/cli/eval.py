@@ -26,24 +26,40 @@ Lumi never imports code because a run directory names it.
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eval", help=HELP, description=DESCRIPTION,
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              epilog="example:\n  lumi eval runs/llama-micro-20250101-120000\n")
+    p = subparsers.add_parser(
+        "eval",
+        help=HELP,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  lumi eval runs/llama-micro-20250101-120000\n",
+    )
     p.add_argument("run", help="a run directory written by `lumi train`")
     p.add_argument("--seq-len", type=int, help="evaluation window length (default: the run's train.seq_len)")
     p.add_argument("--max-targets", type=int, help="score only this many targets from the start of the split")
     p.add_argument("--split", default="val", help="split to score (default val)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--model-file", action="append", default=[], metavar="FILE.py",
-                   help="the Python file registering the run's architecture (repeatable); a run directory's "
-                        "own list of plugin files is never imported")
+    p.add_argument(
+        "--model-file",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="the Python file registering the run's architecture (repeatable); a run directory's "
+        "own list of plugin files is never imported",
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
-def evaluate_run(run_dir: Path, seq_len: int | None = None, max_targets: int | None = None, split: str = "val",
-                 batch_size: int = 16, device: str = "auto", model_files: list[str] | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run_dir: Path,
+    seq_len: int | None = None,
+    max_targets: int | None = None,
+    split: str = "val",
+    batch_size: int = 16,
+    device: str = "auto",
+    model_files: list[str] | None = None,
+) -> dict[str, Any]:
     import json
 
     from lumi.metrics.evaluate import evaluate_bpb, unigram_bpb
@@ -63,40 +79,73 @@ def evaluate_run(run_dir: Path, seq_len: int | None = None, max_targets: int | N
         raise LumiError(f"run {str(run_dir)!r} has no complete checkpoint under {run_dir / 'checkpoints'}")
     for f in model_files or []:  # named on the command line; the run's own list is only checked
         load_model_file(f)
-    require_model_files(list(cfg.model.files), ckpt.load_state(found).get("model_files"), run_dir, cfg.model.name)
+    require_model_files(
+        list(cfg.model.files), ckpt.load_state(found).get("model_files"), run_dir, cfg.model.name
+    )
     data = load_data(cfg, progress=False, info=DistInfo())
     model_cfg = json.loads((found / "model_config.json").read_text())
     if int(model_cfg.get("vocab_size", -1)) != data.vocab_size:
-        raise LumiError(f"checkpoint {found} has vocab_size {model_cfg.get('vocab_size')} but the run's data "
-                        f"({data.directory}) has {data.vocab_size}")
+        raise LumiError(
+            f"checkpoint {found} has vocab_size {model_cfg.get('vocab_size')} but the run's data "
+            f"({data.directory}) has {data.vocab_size}"
+        )
     dev = resolve_device(device, DistInfo())
     model = model_from_config(cfg.model.name, model_cfg).to(dev)
     ckpt.load_model_weights(found, model, dev)
     state = ckpt.load_state(found)
-    result = evaluate_bpb(model, data.tokens(split), data.target_bytes(split), seq_len or cfg.train.seq_len,
-                          batch_size, dev, max_targets=max_targets,
-                          autocast_dtype=resolve_autocast(cfg.train.precision, dev), split=split)
-    return {"run": str(run_dir), "checkpoint": str(found), "step": state.get("step"), "tokens": state.get("tokens"),
-            "val_bpb": result["bpb"], "val_loss": result["loss"], "protocol": result["protocol"],
-            "unigram_bpb": unigram_bpb(data, split)["bpb"], "tokenizer": data.tokenizer.spec}
+    result = evaluate_bpb(
+        model,
+        data.tokens(split),
+        data.target_bytes(split),
+        seq_len or cfg.train.seq_len,
+        batch_size,
+        dev,
+        max_targets=max_targets,
+        autocast_dtype=resolve_autocast(cfg.train.precision, dev),
+        split=split,
+    )
+    return {
+        "run": str(run_dir),
+        "checkpoint": str(found),
+        "step": state.get("step"),
+        "tokens": state.get("tokens"),
+        "val_bpb": result["bpb"],
+        "val_loss": result["loss"],
+        "protocol": result["protocol"],
+        "unigram_bpb": unigram_bpb(data, split)["bpb"],
+        "tokenizer": data.tokenizer.spec,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
     if args.seq_len is not None and args.seq_len < 1:
         raise LumiError(f"--seq-len must be >= 1, got {args.seq_len}")
     if args.max_targets is not None and args.max_targets < 1:
-        raise LumiError(f"--max-targets must be >= 1 (omit it to score the whole split), got {args.max_targets}")
+        raise LumiError(
+            f"--max-targets must be >= 1 (omit it to score the whole split), got {args.max_targets}"
+        )
     if args.batch_size < 1:
         raise LumiError(f"--batch-size must be >= 1, got {args.batch_size}")
-    out = evaluate_run(Path(args.run), args.seq_len, args.max_targets, args.split, args.batch_size, args.device,
-                       model_files=args.model_file)
+    out = evaluate_run(
+        Path(args.run),
+        args.seq_len,
+        args.max_targets,
+        args.split,
+        args.batch_size,
+        args.device,
+        model_files=args.model_file,
+    )
     if args.json:
         print_json(out)
         return 0
     p = out["protocol"]
-    print(f"{out['run']} (step {out['step']}, {out['tokens']:,} tokens trained): {p['split']} BPB {out['val_bpb']:.4f}"
-          f"  (loss {out['val_loss']:.4f} nats/token)")
-    print(f"  protocol: {p['subset']}, {p['targets']:,} targets covering {p['bytes']:,} bytes, windows of "
-          f"{p['seq_len']} with stride {p['stride']}, documents {p['documents']}; tokenizer {out['tokenizer']}")
+    print(
+        f"{out['run']} (step {out['step']}, {out['tokens']:,} tokens trained): {p['split']} BPB {out['val_bpb']:.4f}"
+        f"  (loss {out['val_loss']:.4f} nats/token)"
+    )
+    print(
+        f"  protocol: {p['subset']}, {p['targets']:,} targets covering {p['bytes']:,} bytes, windows of "
+        f"{p['seq_len']} with stride {p['stride']}, documents {p['documents']}; tokenizer {out['tokenizer']}"
+    )
     print(f"  unigram baseline: {out['unigram_bpb']:.4f} BPB")
     return 0

@@ -41,28 +41,58 @@ Examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("generate", help=HELP, description=DESCRIPTION,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", nargs="?", metavar="RUN_DIR_OR_CHECKPOINT",
-                   help="run directory, checkpoint directory or model.safetensors of a `lumi train` run")
+    p = subparsers.add_parser(
+        "generate", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "run",
+        nargs="?",
+        metavar="RUN_DIR_OR_CHECKPOINT",
+        help="run directory, checkpoint directory or model.safetensors of a `lumi train` run",
+    )
     p.add_argument("--prompt", default="", help="text to continue (default: empty = start a new document)")
-    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
-                   help="tokens to generate (default 200, at most 1,000,000)")
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=200,
+        metavar="N",
+        help="tokens to generate (default 200, at most 1,000,000)",
+    )
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 = greedy (default 1.0)")
-    p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling: smallest set with mass P")
+    p.add_argument(
+        "--top-k", type=int, default=None, metavar="K", help="sample among the K most likely tokens"
+    )
+    p.add_argument(
+        "--top-p", type=float, default=None, metavar="P", help="nucleus sampling: smallest set with mass P"
+    )
     p.add_argument("--seed", type=int, default=None, help="seed for sampling (default: random)")
-    p.add_argument("--no-cache", action="store_true", help="re-run the full forward every step instead of a KV cache")
-    p.add_argument("--stop-at-separator", action="store_true",
-                   help="stop when the model ends the document (emits the separator)")
+    p.add_argument(
+        "--no-cache", action="store_true", help="re-run the full forward every step instead of a KV cache"
+    )
+    p.add_argument(
+        "--stop-at-separator",
+        action="store_true",
+        help="stop when the model ends the document (emits the separator)",
+    )
     g = p.add_argument_group("random-init smoke run (instead of RUN)")
     g.add_argument("--model", help="registered model name (or NAME:PRESET), randomly initialised")
     g.add_argument("--preset", help="preset of --model")
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a config field of --model (repeatable)")
-    p.add_argument("--model-file", action="append", default=[], metavar="FILE.py",
-                   help="a Python file registering the architecture of RUN or --model (repeatable); a run "
-                        "directory's own list of plugin files is never imported")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a config field of --model (repeatable)",
+    )
+    p.add_argument(
+        "--model-file",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="a Python file registering the architecture of RUN or --model (repeatable); a run "
+        "directory's own list of plugin files is never imported",
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -82,7 +112,7 @@ def _random_init_model(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumi.generate import load_run_model, stream
+    from lumi.generate import decodes_with_cache, load_run_model, stream
 
     if args.run and args.model:
         raise LumiError("give either RUN_DIR_OR_CHECKPOINT or --model (random init), not both")
@@ -92,36 +122,55 @@ def run(args: argparse.Namespace) -> int:
     elif args.model:
         model, tokenizer, source = _random_init_model(args)
     else:
-        raise LumiError("nothing to generate from: give a run directory (e.g. runs/llama-nano) or --model NAME")
+        raise LumiError(
+            "nothing to generate from: give a run directory (e.g. runs/llama-nano) or --model NAME"
+        )
     prompt_ids = [tokenizer.sep_id] + tokenizer.encode(args.prompt)
     use_cache = not args.no_cache
     start = time.perf_counter()
-    tokens = stream(model, prompt_ids, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                    top_p=args.top_p, seed=args.seed, use_cache=use_cache,
-                    stop_ids=[tokenizer.sep_id] if args.stop_at_separator else None)  # checks the arguments now
-    cached = use_cache and hasattr(model, "new_cache")
+    tokens = stream(
+        model,
+        prompt_ids,
+        args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        use_cache=use_cache,
+        stop_ids=[tokenizer.sep_id] if args.stop_at_separator else None,
+    )  # checks the arguments now
+    cached = decodes_with_cache(model, len(prompt_ids), args.max_new_tokens, use_cache)
     if not args.json:
         return _print_as_generated(args, tokens, tokenizer, source, start, cached)
     new_ids = list(tokens)
     seconds = time.perf_counter() - start
     text = tokenizer.decode(new_ids)
     if args.json:
-        print_json({
-            "source": source,
-            "prompt": args.prompt,
-            "prompt_ids": prompt_ids,
-            "completion": text,
-            "new_ids": new_ids,
-            "new_tokens": len(new_ids),
-            "seconds": seconds,
-            "tokens_per_s": len(new_ids) / seconds if seconds > 0 else None,
-            "kv_cache": cached,
-            "sampling": {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed},
-        })
+        print_json(
+            {
+                "source": source,
+                "prompt": args.prompt,
+                "prompt_ids": prompt_ids,
+                "completion": text,
+                "new_ids": new_ids,
+                "new_tokens": len(new_ids),
+                "seconds": seconds,
+                "tokens_per_s": len(new_ids) / seconds if seconds > 0 else None,
+                "kv_cache": cached,
+                "sampling": {
+                    "temperature": args.temperature,
+                    "top_k": args.top_k,
+                    "top_p": args.top_p,
+                    "seed": args.seed,
+                },
+            }
+        )
     return 0
 
 
-def _print_as_generated(args: argparse.Namespace, tokens, tokenizer, source: str, start: float, cached: bool) -> int:
+def _print_as_generated(
+    args: argparse.Namespace, tokens, tokenizer, source: str, start: float, cached: bool
+) -> int:
     """Print the prompt, then each token as it comes (the text alone on stdout, so it can be piped; the summary
     goes to stderr). Bytes go through an incremental UTF-8 decoder: a character split over tokens prints whole."""
     import codecs
@@ -141,6 +190,10 @@ def _print_as_generated(args: argparse.Namespace, tokens, tokenizer, source: str
     out.flush()
     seconds = time.perf_counter() - start
     rate = f"{n / seconds:.0f} tok/s" if seconds > 0 else ""
-    print(f"-- {n} tokens from {source} in {seconds:.2f}s ({rate}, "
-          f"{'KV cache' if cached else 'full forward per token'})", file=sys.stderr, flush=True)
+    print(
+        f"-- {n} tokens from {source} in {seconds:.2f}s ({rate}, "
+        f"{'KV cache' if cached else 'full forward per token'})",
+        file=sys.stderr,
+        flush=True,
+    )
     return 0

@@ -25,21 +25,36 @@ Models come from Lumi itself ("built-in") or from your own files (--model-file),
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("models", help=HELP, description=DESCRIPTION,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-file", action="append", default=[], metavar="FILE.py",
-                   help="also list the architectures this Python file registers (repeatable)")
-    p.add_argument("--vocab-size", type=int, default=4096, metavar="V",
-                   help="vocabulary size for token models' parameter counts (default 4096)")
-    p.add_argument("--seq-len", type=int, default=256, metavar="T",
-                   help="sequence length for the FLOPs/token column (default 256)")
+    p = subparsers.add_parser(
+        "models", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model-file",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="also list the architectures this Python file registers (repeatable)",
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=4096,
+        metavar="V",
+        help="vocabulary size for token models' parameter counts (default 4096)",
+    )
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=256,
+        metavar="T",
+        help="sequence length for the FLOPs/token column (default 256)",
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 
 
 def preset_sizes(name: str, preset: str | None, vocab_size: int, seq_len: int) -> dict[str, Any]:
     """Parameter counts and FLOPs/token of one preset, built on the meta device (no memory, no init cost)."""
-    import torch
 
     from lumi.errors import LumiError
     from lumi.models.registry import get_spec, make_config
@@ -52,14 +67,21 @@ def preset_sizes(name: str, preset: str | None, vocab_size: int, seq_len: int) -
             config = make_config(name, preset, vocab_size=vocab_size)
         except LumiError:  # the config fixes its own vocabulary
             config = make_config(name, preset)
-    row: dict[str, Any] = {"preset": preset, "cpu": preset in spec.cpu_presets, "vocab_size": config.vocab_size}
+    row: dict[str, Any] = {
+        "preset": preset,
+        "cpu": preset in spec.cpu_presets,
+        "vocab_size": config.vocab_size,
+    }
     try:
         with warnings.catch_warnings():  # build-time advice (e.g. "untrained patcher") is noise in a listing
             warnings.simplefilter("ignore")
             model = _build_sizing_model(spec, config)
         counts = model.param_counts()
-        row.update(params=counts.total, non_embedding_params=counts.non_embedding,
-                   active_params=counts.active if counts.active is not None else counts.total)
+        row.update(
+            params=counts.total,
+            non_embedding_params=counts.non_embedding,
+            active_params=counts.active if counts.active is not None else counts.total,
+        )
         try:
             row["flops_per_token"] = float(model.flops_per_token(seq_len))
         except NotImplementedError:
@@ -97,13 +119,15 @@ def list_zoo(vocab_size: int = 4096, seq_len: int = 256) -> list[dict[str, Any]]
     out = []
     for spec in list_models():
         presets = list(spec.presets) or [None]
-        out.append({
-            "name": spec.name,
-            "description": spec.description,
-            "source": "built-in" if spec.source == "lumi" else spec.source,
-            "cpu_presets": list(spec.cpu_presets),
-            "presets": [preset_sizes(spec.name, p, vocab_size, seq_len) for p in presets],
-        })
+        out.append(
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "source": "built-in" if spec.source == "lumi" else spec.source,
+                "cpu_presets": list(spec.cpu_presets),
+                "presets": [preset_sizes(spec.name, p, vocab_size, seq_len) for p in presets],
+            }
+        )
     return out
 
 
@@ -121,8 +145,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_table(zoo, args.vocab_size, args.seq_len)
     n_presets = sum(len(m["presets"]) for m in zoo)
-    print(f"{len(zoo)} models, {n_presets} presets; * = CPU-sized preset. "
-          f"Check one with `lumi check NAME:PRESET`.")
+    print(
+        f"{len(zoo)} models, {n_presets} presets; * = CPU-sized preset. "
+        f"Check one with `lumi check NAME:PRESET`."
+    )
     return 0
 
 
@@ -134,11 +160,19 @@ def _print_table(zoo: list[dict[str, Any]], vocab_size: int, seq_len: int) -> No
     console = Console()
     if not console.is_terminal:
         console = Console(width=150)
-    table = Table(title=f"Lumi model zoo (parameters at vocab {vocab_size} unless noted; FLOPs = training "
-                        f"FLOPs/token at T={seq_len})", title_justify="left")
-    for col, kw in [("model", {}), ("preset", {}), ("params", {"justify": "right"}),
-                    ("non-emb", {"justify": "right"}), ("FLOPs/tok", {"justify": "right"}),
-                    ("description / source", {"overflow": "fold"})]:
+    table = Table(
+        title=f"Lumi model zoo (parameters at vocab {vocab_size} unless noted; FLOPs = training "
+        f"FLOPs/token at T={seq_len})",
+        title_justify="left",
+    )
+    for col, kw in [
+        ("model", {}),
+        ("preset", {}),
+        ("params", {"justify": "right"}),
+        ("non-emb", {"justify": "right"}),
+        ("FLOPs/tok", {"justify": "right"}),
+        ("description / source", {"overflow": "fold"}),
+    ]:
         table.add_column(col, **kw)
     for m in zoo:
         for i, row in enumerate(m["presets"]):
@@ -150,8 +184,11 @@ def _print_table(zoo: list[dict[str, Any]], vocab_size: int, seq_len: int) -> No
                 info = f"error: {row['error']}"
             else:
                 flops = row.get("flops_per_token")
-                cells = [_human(row["params"]), _human(row["non_embedding_params"]),
-                         _human(flops) if flops is not None else "?"]
+                cells = [
+                    _human(row["params"]),
+                    _human(row["non_embedding_params"]),
+                    _human(flops) if flops is not None else "?",
+                ]
                 info = ""
             if i == 0:
                 info = f"{m['description']} [{m['source']}]" + (f"; {info}" if info else "")

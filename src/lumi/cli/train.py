@@ -65,29 +65,58 @@ examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help=HELP, description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", nargs="?", help="registered model, optionally with a preset: llama or llama:micro "
-                                            "(default: from --config, else llama:micro)")
+    p = subparsers.add_parser(
+        "train",
+        help=HELP,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        help="registered model, optionally with a preset: llama or llama:micro "
+        "(default: from --config, else llama:micro)",
+    )
     p.add_argument("--preset", help="model preset (same as MODEL:PRESET)")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file with model/data/optim/train sections")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key, e.g. optim.lr=1e-3 or train.seq_len=256 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key, e.g. optim.lr=1e-3 or train.seq_len=256 (repeatable)",
+    )
     p.add_argument("--budget", help="how long to train: 2000steps, 5M tokens, 3e14flops, 90s, 10m, 1h")
     p.add_argument("--seed", type=int, help="seed for initialisation and data order")
-    p.add_argument("--corpus", help="corpus spec (shakespeare, pystdlib, files:PATH ...); prepared on the fly")
+    p.add_argument(
+        "--corpus", help="corpus spec (shakespeare, pystdlib, files:PATH ...); prepared on the fly"
+    )
     p.add_argument("--tokenizer", help="tokenizer spec (bytes, bpe:4096 ...)")
     p.add_argument("--data", metavar="DIR", help="an already prepared data directory (lumi data prepare)")
-    p.add_argument("--model-file", action="append", default=[], metavar="FILE.py",
-                   help="a Python file that registers your own architecture (repeatable); with --resume, "
-                        "pass the run's plugin files again (a run directory's own list is never imported)")
+    p.add_argument(
+        "--model-file",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="a Python file that registers your own architecture (repeatable); with --resume, "
+        "pass the run's plugin files again (a run directory's own list is never imported)",
+    )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/<name>)")
-    where.add_argument("--name", help="run name (default <model>-<preset>-<timestamp>); the run goes to runs/<name>")
-    where.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted or killed run from its checkpoint")
+    where.add_argument(
+        "--name", help="run name (default <model>-<preset>-<timestamp>); the run goes to runs/<name>"
+    )
+    where.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted or killed run from its checkpoint"
+    )
     p.add_argument("--no-progress", action="store_true", help="no live progress line")
-    p.add_argument("--allow-leaky", action="store_true",
-                   help="train even when the pre-training causality probe finds a leak (the run is marked LEAK)")
+    p.add_argument(
+        "--allow-leaky",
+        action="store_true",
+        help="train even when the pre-training causality probe finds a leak (the run is marked LEAK)",
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 
@@ -146,8 +175,10 @@ def build_config(args: argparse.Namespace):
 def check_run_name(name: str) -> None:
     """A name becomes runs/<name>: one plain directory name, so it cannot write outside runs/."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
-        raise LumiError(f"run name {name!r} must be a plain directory name (no '/', '\\', or '..'); the run goes "
-                        f"to runs/<name>. To write elsewhere, use --out DIR")
+        raise LumiError(
+            f"run name {name!r} must be a plain directory name (no '/', '\\', or '..'); the run goes "
+            f"to runs/<name>. To write elsewhere, use --out DIR"
+        )
 
 
 def default_run_name(cfg) -> str:
@@ -186,7 +217,9 @@ def _run(args: argparse.Namespace, cfg, info) -> dict[str, Any]:
         run_dir = Path(args.out)
     else:
         if not cfg.name:
-            cfg.name = broadcast_object(info, default_run_name(cfg))  # every rank must pick the same directory
+            cfg.name = broadcast_object(
+                info, default_run_name(cfg)
+            )  # every rank must pick the same directory
         check_run_name(cfg.name)
         run_dir = Path("runs") / cfg.name
     files = list(args.model_file) if args.resume else []  # a fresh run imports cfg.model.files (incl. these)
@@ -195,13 +228,20 @@ def _run(args: argparse.Namespace, cfg, info) -> dict[str, Any]:
 
     done = completed_summary(run_dir) if args.resume else None
     if done is not None and info.is_main:
-        print(f"run {run_dir} is already complete ({done.get('steps')} steps, final val BPB "
-              f"{done.get('final_val_bpb')}); nothing to do", file=sys.stderr, flush=True)
+        print(
+            f"run {run_dir} is already complete ({done.get('steps')} steps, final val BPB "
+            f"{done.get('final_val_bpb')}); nothing to do",
+            file=sys.stderr,
+            flush=True,
+        )
     elif info.is_main:
         out = sys.stderr if args.json else sys.stdout
         verb = "resuming" if args.resume else "training"
-        print(f"{verb} {cfg.model.name}:{cfg.model.preset or 'custom'} into {run_dir} "
-              f"(budget {cfg.train.budget}, seed {cfg.train.seed}) with config:", file=out)
+        print(
+            f"{verb} {cfg.model.name}:{cfg.model.preset or 'custom'} into {run_dir} "
+            f"(budget {cfg.train.budget}, seed {cfg.train.seed}) with config:",
+            file=out,
+        )
         print("  " + cfg.to_yaml().rstrip().replace("\n", "\n  "), file=out, flush=True)
     return train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress, model_files=files)
 
@@ -213,23 +253,31 @@ def print_summary(s: dict[str, Any]) -> None:
         return "n/a" if x is None else format_count(x) + unit
 
     print(f"\nrun {s['run_dir']}: {s['status']}" + (f" — {s['error']}" if s.get("error") else ""))
-    print(f"  model   {s['model']}:{s['preset'] or 'custom'}  params {num(s['params'])} "
-          f"(non-embedding {num(s['non_embedding_params'])})  FLOPs/token {num(s['flops_per_token'])}  "
-          f"vocab {s['vocab_size']} ({s['tokenizer']})")
+    print(
+        f"  model   {s['model']}:{s['preset'] or 'custom'}  params {num(s['params'])} "
+        f"(non-embedding {num(s['non_embedding_params'])})  FLOPs/token {num(s['flops_per_token'])}  "
+        f"vocab {s['vocab_size']} ({s['tokenizer']})"
+    )
     mfu = f"  MFU {100 * s['mfu']:.1f}%" if s.get("mfu") else ""
     tps = f"{s['tok_per_s']:,.0f} tok/s" if s.get("tok_per_s") else "n/a tok/s"
-    print(f"  trained {s['steps']} steps, {num(s['tokens'])} tokens, {num(s['flops'])} FLOPs in "
-          f"{s['train_s']:.1f}s (wall {s['wall_s']:.1f}s)  {tps}{mfu}  on {s['device']} ({s['precision']})")
+    print(
+        f"  trained {s['steps']} steps, {num(s['tokens'])} tokens, {num(s['flops'])} FLOPs in "
+        f"{s['train_s']:.1f}s (wall {s['wall_s']:.1f}s)  {tps}{mfu}  on {s['device']} ({s['precision']})"
+    )
     if s.get("final_val_bpb") is not None:
         p = s["final_val_protocol"]
-        print(f"  final val BPB {s['final_val_bpb']:.4f}  (loss {s['final_val_loss']:.4f} nats/token; {p['subset']}: "
-              f"{p['targets']:,} targets, {p['bytes']:,} bytes, windows of {p['seq_len']}, stride {p['stride']}, "
-              f"documents {p['documents']})")
+        print(
+            f"  final val BPB {s['final_val_bpb']:.4f}  (loss {s['final_val_loss']:.4f} nats/token; {p['subset']}: "
+            f"{p['targets']:,} targets, {p['bytes']:,} bytes, windows of {p['seq_len']}, stride {p['stride']}, "
+            f"documents {p['documents']})"
+        )
     if s.get("unigram_val_bpb") is not None:
         print(f"  unigram baseline val BPB {s['unigram_val_bpb']:.4f}")
     audit = s.get("causality_audit")
     if s.get("leak"):
         print(f"  LEAK — this BPB is not trustworthy: {s['leak']}")
     elif audit:
-        print(f"  causality audit passed ({audit['probes']} probes of the trained weights at T="
-              f"{', '.join(map(str, audit['lengths']))}, {audit['seconds']:.1f}s)")
+        print(
+            f"  causality audit passed ({audit['probes']} probes of the trained weights at T="
+            f"{', '.join(map(str, audit['lengths']))}, {audit['seconds']:.1f}s)"
+        )

@@ -31,18 +31,35 @@ examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("tune", help=HELP, description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "tune",
+        help=HELP,
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", metavar="MODEL[:PRESET]", help="e.g. llama:nano or llama:micro+mlp=relu2")
     p.add_argument("--grid", default="auto", help="learning rates 1e-3,3e-3,1e-2, or auto (default)")
-    p.add_argument("--budget", default="200steps", help="per grid point: 200steps (default), 2M tokens, 90s, 2m")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="grid points trained in parallel (default 1)")
+    p.add_argument(
+        "--budget", default="200steps", help="per grid point: 200steps (default), 2M tokens, 90s, 2m"
+    )
+    p.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="grid points trained in parallel (default 1)"
+    )
     p.add_argument("--corpus", help="corpus spec (default shakespeare)")
     p.add_argument("--tokenizer", help="tokenizer spec (default bpe:4096)")
     p.add_argument("--data", metavar="DIR", help="an already prepared data directory (lumi data prepare)")
-    p.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="train.seq_len=64, optim.name=muon ... (repeatable)")
-    p.add_argument("--model-file", action="append", default=[], metavar="FILE.py", help="a plugin architecture file")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="train.seq_len=64, optim.name=muon ... (repeatable)",
+    )
+    p.add_argument(
+        "--model-file", action="append", default=[], metavar="FILE.py", help="a plugin architecture file"
+    )
     p.add_argument("--out", metavar="DIR", help="where the runs go (default tune/<model>)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     add_json_flag(p)
@@ -57,8 +74,17 @@ def build_spec(args: argparse.Namespace):
     from lumi.compare.tune import parse_grid
 
     grid = parse_grid(args.grid, "--grid")
-    raw = {"arms": [args.model], "seeds": 1, "budget": args.budget, "jobs": args.jobs, "match": "tokens",
-           "data": {}, "train": {}, "optim": {}, "tune": {"param": "lr", "grid": grid, "fraction": 1.0}}
+    raw = {
+        "arms": [args.model],
+        "seeds": 1,
+        "budget": args.budget,
+        "jobs": args.jobs,
+        "match": "tokens",
+        "data": {},
+        "train": {},
+        "optim": {},
+        "tune": {"param": "lr", "grid": grid, "fraction": 1.0},
+    }
     if args.corpus:
         raw["data"]["corpus"] = args.corpus
     if args.tokenizer:
@@ -69,8 +95,10 @@ def build_spec(args: argparse.Namespace):
         key, eq, value = item.partition("=")
         section, dot, field = key.strip().partition(".")
         if not eq or not dot or section not in ("train", "optim") or not field:
-            raise LumiError(f"--set {item!r} must look like train.KEY=VALUE or optim.KEY=VALUE (e.g. --set "
-                            "optim.name=muon)")
+            raise LumiError(
+                f"--set {item!r} must look like train.KEY=VALUE or optim.KEY=VALUE (e.g. --set "
+                "optim.name=muon)"
+            )
         raw[section][field] = yaml.safe_load(value) if value.strip() else ""
     spec = spec_from_dict(raw, "command line")
     from lumi.cli.compare import _attach_model_files
@@ -87,15 +115,19 @@ def run(args: argparse.Namespace) -> int:
         print_json(record)
         return 0
     arm = record["arms"][spec.arms[0].label]
-    print(f"lumi tune: {spec.arms[0].label} — {record['param']} at budget {spec.budget}, seed {record['seed']}, "
-          f"scored on the tuning split ({100 * record['split_fraction']:g}% of the training tokens; not validation)")
+    print(
+        f"lumi tune: {spec.arms[0].label} — {record['param']} at budget {spec.budget}, seed {record['seed']}, "
+        f"scored on the tuning split ({100 * record['split_fraction']:g}% of the training tokens; not validation)"
+    )
     print(f"{'value':>10}  {'tuning BPB':>10}  {'status':<10}  run")
     for p in arm["points"]:
         bpb = f"{p['tune_bpb']:.4f}" if p["tune_bpb"] is not None else p["status"]
         mark = "  <- chosen" if p["value"] == arm["chosen"] else ""
         print(f"{p['value']:>10g}  {bpb:>10}  {p['status']:<10}  {p['run_dir']}{mark}")
-    print(f"chosen: {record['param']} = {arm['chosen']:g} (tuning-split BPB {arm['chosen_tune_bpb']:.4f}); "
-          f"cost {arm['cost']['runs']} runs, {arm['cost']['tokens']:,} tokens, {arm['cost']['seconds']:.0f} s")
+    print(
+        f"chosen: {record['param']} = {arm['chosen']:g} (tuning-split BPB {arm['chosen_tune_bpb']:.4f}); "
+        f"cost {arm['cost']['runs']} runs, {arm['cost']['tokens']:,} tokens, {arm['cost']['seconds']:.0f} s"
+    )
     for note in arm["notes"]:
         print(f"note: {note}")
     return 0
@@ -123,6 +155,16 @@ def tune_one(spec, out: Path, progress: bool = True) -> dict:
     jobs = max(1, spec.jobs)
     threads = max(1, _cpu_count() // jobs)
     out.mkdir(parents=True, exist_ok=True)
-    record = run_tuning(spec, out, data_dirs, plans, threads, jobs, retry_failed=False, progress=progress, log=_log,
-                        tune_root=out)
+    record = run_tuning(
+        spec,
+        out,
+        data_dirs,
+        plans,
+        threads,
+        jobs,
+        retry_failed=False,
+        progress=progress,
+        log=_log,
+        tune_root=out,
+    )
     return json_safe(record)

@@ -20,8 +20,12 @@ class Arm:
     overrides: dict[str, Any] = field(default_factory=dict)
     label: str | None = None  # None: the arm's spec string
     files: list[str] = field(default_factory=list)  # plugin files that register `name`
-    optim: dict[str, Any] = field(default_factory=dict)  # per-arm optimizer settings (on top of the shared ones)
-    train: dict[str, Any] = field(default_factory=dict)  # only to refuse it: pairing needs shared train settings
+    optim: dict[str, Any] = field(
+        default_factory=dict
+    )  # per-arm optimizer settings (on top of the shared ones)
+    train: dict[str, Any] = field(
+        default_factory=dict
+    )  # only to refuse it: pairing needs shared train settings
     tokenizer: str | None = None  # per-arm tokenizer (e.g. a BPE arm in a byte-level comparison)
 
     def __post_init__(self) -> None:
@@ -41,8 +45,13 @@ class Arm:
         return self.label.replace(":", "-").replace("/", "_").replace(" ", "_")
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"label": self.label, "model": self.name, "preset": self.preset,
-                             "overrides": dict(self.overrides), "files": list(self.files)}
+        d: dict[str, Any] = {
+            "label": self.label,
+            "model": self.name,
+            "preset": self.preset,
+            "overrides": dict(self.overrides),
+            "files": list(self.files),
+        }
         if self.optim:
             d["optim"] = dict(self.optim)
         if self.train:
@@ -94,22 +103,28 @@ def parse_arm(text: str, label: str | None = None) -> Arm:
 
 def _check_label(label: str, where: str) -> None:
     if not _LABEL_RE.match(label):
-        raise LumiError(f"arm {where!r}: label {label!r} may only hold letters, digits, '_', '-', '.' "
-                        f"(no ':', '+', '/' or spaces)")
+        raise LumiError(
+            f"arm {where!r}: label {label!r} may only hold letters, digits, '_', '-', '.' "
+            f"(no ':', '+', '/' or spaces)"
+        )
 
 
 def arm_from_mapping(d: dict[str, Any], where: str) -> Arm:
     """A YAML arm: {model: llama:micro, preset: ..., overrides: {...}, label: ..., files: [...], optim: {...}}."""
     for key in d:
         if key not in ARM_KEYS:
-            raise LumiError(f"{where}: unknown arm key {key!r}{closest(str(key), list(ARM_KEYS))}; "
-                            f"arm keys: {', '.join(ARM_KEYS)}")
+            raise LumiError(
+                f"{where}: unknown arm key {key!r}{closest(str(key), list(ARM_KEYS))}; "
+                f"arm keys: {', '.join(ARM_KEYS)}"
+            )
     if not d.get("model"):
         raise LumiError(f"{where}: an arm needs a 'model' (e.g. model: llama:micro)")
     arm = parse_arm(str(d["model"]))
     if d.get("preset") is not None:
         if arm.preset is not None and arm.preset != str(d["preset"]):
-            raise LumiError(f"{where}: preset given twice ({arm.preset!r} in model, {d['preset']!r} in preset)")
+            raise LumiError(
+                f"{where}: preset given twice ({arm.preset!r} in model, {d['preset']!r} in preset)"
+            )
         arm.preset = str(d["preset"])
     for key in ("overrides", "optim", "train"):
         value = d.get(key) or {}

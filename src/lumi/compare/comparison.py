@@ -17,8 +17,9 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lumi.compare.plan import (
     ArmPlan,
@@ -68,12 +69,15 @@ def _run_defining(d: dict[str, Any]) -> dict[str, Any]:
     from lumi.train.config import parse_budget
 
     kind = parse_budget(d.get("budget", "1steps")).kind
-    via_baseline = (d.get("match") == "flops" and kind != "flops") or (kind == "seconds" and d.get("match") != "time")
+    via_baseline = (d.get("match") == "flops" and kind != "flops") or (
+        kind == "seconds" and d.get("match") != "time"
+    )
     return {k: v for k, v in d.items() if k not in NON_RUN_KEYS or (k == "baseline" and via_baseline)}
 
 
-def open_comparison_dir(spec: CompareSpec, comp_dir: Path, force: bool,
-                        log: Callable[[str], None] = _log) -> dict[str, Any] | None:
+def open_comparison_dir(
+    spec: CompareSpec, comp_dir: Path, force: bool, log: Callable[[str], None] = _log
+) -> dict[str, Any] | None:
     """The saved compare.yaml when ``comp_dir`` holds this same comparison; None for a fresh directory.
 
     A different comparison is refused (its differing keys listed) unless ``force``, which moves it
@@ -81,30 +85,40 @@ def open_comparison_dir(spec: CompareSpec, comp_dir: Path, force: bool,
     """
     from lumi.train.rundir import config_differences
 
-    if not comp_dir.exists() or (comp_dir.is_dir() and not any(p.name != ".lock" for p in comp_dir.iterdir())):
+    if not comp_dir.exists() or (
+        comp_dir.is_dir() and not any(p.name != ".lock" for p in comp_dir.iterdir())
+    ):
         return None  # new, or only the lock file of a comparison killed before it wrote anything
     saved_path = comp_dir / "compare.yaml"
     if not saved_path.is_file():
-        raise LumiError(f"{str(comp_dir)!r} exists but is not a lumi compare directory (no compare.yaml); "
-                        f"choose another --out or --name")
+        raise LumiError(
+            f"{str(comp_dir)!r} exists but is not a lumi compare directory (no compare.yaml); "
+            f"choose another --out or --name"
+        )
     saved = _read_yaml(saved_path)
     if not isinstance(saved, dict) or not isinstance(saved.get("spec"), dict):
         raise LumiError(f"{saved_path} has no spec; move the directory away or use --force")
     diffs = config_differences(_run_defining(saved["spec"]), _run_defining(spec.to_dict()))
     if not diffs:
         return saved
-    if not (comp_dir / "runs").exists() and not (comp_dir / "tune").exists():  # never trained: nothing to keep
+    if (
+        not (comp_dir / "runs").exists() and not (comp_dir / "tune").exists()
+    ):  # never trained: nothing to keep
         log(f"{comp_dir} held a comparison that never trained; replacing its spec ({'; '.join(diffs[:2])})")
         return None
     tune_diffs = [d for d in diffs if d.startswith("tune")]
     if tune_diffs and not force:  # its own line: tuning with another grid would mix two searches
-        raise LumiError(f"{str(comp_dir)!r} was tuned differently ({'; '.join(tune_diffs[:2])}); its tuned lrs and "
-                        f"runs come from that search: re-run with the same --tune/--tune-grid, or use another "
-                        f"--name / --out, or --force to start fresh (the old directory is kept beside it)")
+        raise LumiError(
+            f"{str(comp_dir)!r} was tuned differently ({'; '.join(tune_diffs[:2])}); its tuned lrs and "
+            f"runs come from that search: re-run with the same --tune/--tune-grid, or use another "
+            f"--name / --out, or --force to start fresh (the old directory is kept beside it)"
+        )
     if not force:
-        raise LumiError(f"{str(comp_dir)!r} holds a different spec ({'; '.join(diffs[:4])}"
-                        f"{' ...' if len(diffs) > 4 else ''}); runs of different comparisons are never mixed: "
-                        f"use another --name / --out, or --force to start fresh (the old directory is kept beside it)")
+        raise LumiError(
+            f"{str(comp_dir)!r} holds a different spec ({'; '.join(diffs[:4])}"
+            f"{' ...' if len(diffs) > 4 else ''}); runs of different comparisons are never mixed: "
+            f"use another --name / --out, or --force to start fresh (the old directory is kept beside it)"
+        )
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     moved = comp_dir.with_name(f"{comp_dir.name}.replaced-{stamp}")
     comp_dir.rename(moved)
@@ -112,9 +126,15 @@ def open_comparison_dir(spec: CompareSpec, comp_dir: Path, force: bool,
     return None
 
 
-def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry_failed: bool = False,
-                   progress: bool = True, make_plots: bool = True,
-                   log: Callable[[str], None] = _log) -> tuple[dict[str, Any], dict[str, Path]]:
+def run_comparison(
+    spec: CompareSpec,
+    comp_dir: Path,
+    force: bool = False,
+    retry_failed: bool = False,
+    progress: bool = True,
+    make_plots: bool = True,
+    log: Callable[[str], None] = _log,
+) -> tuple[dict[str, Any], dict[str, Path]]:
     """Check, plan, train (or reuse) every arm x seed, then write the report. Returns (results, files)."""
     from lumi.lock import lock_directory
 
@@ -127,17 +147,24 @@ def run_comparison(spec: CompareSpec, comp_dir: Path, force: bool = False, retry
     except OSError as e:  # e.g. --out below a regular file
         from lumi.errors import write_error_text
 
-        raise LumiError(f"cannot create the comparison directory {comp_dir}: {write_error_text(e, comp_dir.parent)}") \
-            from None
+        raise LumiError(
+            f"cannot create the comparison directory {comp_dir}: {write_error_text(e, comp_dir.parent)}"
+        ) from None
     # One `lumi compare` per directory: a second one would train the same runs at once and report the
     # other's runs as failed. The lock is released when this process ends, however it ends.
     with lock_directory(comp_dir, "comparison directory"):
         return _run_locked(spec, comp_dir, saved, retry_failed, progress, make_plots, log)
 
 
-def _run_locked(spec: CompareSpec, comp_dir: Path, saved: dict[str, Any] | None, retry_failed: bool,
-                progress: bool, make_plots: bool,
-                log: Callable[[str], None]) -> tuple[dict[str, Any], dict[str, Path]]:
+def _run_locked(
+    spec: CompareSpec,
+    comp_dir: Path,
+    saved: dict[str, Any] | None,
+    retry_failed: bool,
+    progress: bool,
+    make_plots: bool,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Any], dict[str, Path]]:
     from lumi.compare.report import write_report
     from lumi.compare.results import collect_results
     from lumi.train.rundir import json_safe
@@ -146,8 +173,10 @@ def _run_locked(spec: CompareSpec, comp_dir: Path, saved: dict[str, Any] | None,
     state["spec"] = spec.to_dict()
     _write_yaml(comp_dir / "compare.yaml", state)
     seeds_text = f"seeds auto:{spec.seeds_max}" if spec.seeds_max is not None else f"{len(spec.seeds)} seeds"
-    log(f"comparison {spec.name!r} in {comp_dir}: {len(spec.arms)} arms x {seeds_text}, budget "
-        f"{spec.budget}, matched {spec.match}")
+    log(
+        f"comparison {spec.name!r} in {comp_dir}: {len(spec.arms)} arms x {seeds_text}, budget "
+        f"{spec.budget}, matched {spec.match}"
+    )
 
     data_dirs = _prepare_data(spec, progress, log)
     vocab = {tok: d.vocab_size for tok, d in data_dirs.items()}
@@ -155,9 +184,11 @@ def _run_locked(spec: CompareSpec, comp_dir: Path, saved: dict[str, Any] | None,
     for tok, old in (state.get("data_fingerprints") or {}).items():
         trained = (comp_dir / "runs").exists() or (comp_dir / "tune").exists()
         if tok in fingerprints and fingerprints[tok] != old and trained:
-            raise LumiError(f"the prepared data for {spec.data['corpus']} / {tok} changed since this comparison's "
-                            f"runs were trained (were corpus files edited?); mixing them would compare different "
-                            f"data: use --force to start fresh (the old comparison is kept beside it)")
+            raise LumiError(
+                f"the prepared data for {spec.data['corpus']} / {tok} changed since this comparison's "
+                f"runs were trained (were corpus files edited?); mixing them would compare different "
+                f"data: use --force to start fresh (the old comparison is kept beside it)"
+            )
     state["data_fingerprints"] = fingerprints
     checks = _run_checks(spec, comp_dir, vocab, log)
 
@@ -175,9 +206,13 @@ def _run_locked(spec: CompareSpec, comp_dir: Path, saved: dict[str, Any] | None,
 
         if parse_budget(spec.budget).kind == "seconds" and spec.match != "time":
             base = spec.arm(spec.baseline)
-            log(f"measuring {spec.baseline}'s throughput to convert the {spec.budget} budget into "
-                f"{spec.match} ({threads} threads) ...")
-            probe = measure_tokens_per_s(base, vocab[spec.tokenizer_of(base)], seq_len, settings.batch_size, threads)
+            log(
+                f"measuring {spec.baseline}'s throughput to convert the {spec.budget} budget into "
+                f"{spec.match} ({threads} threads) ..."
+            )
+            probe = measure_tokens_per_s(
+                base, vocab[spec.tokenizer_of(base)], seq_len, settings.batch_size, threads
+            )
             log(f"  {probe:,.0f} tokens/s -> {probe * parse_budget(spec.budget).value:,.0f} tokens")
         plans = {p.label: p for p in plan_budgets(spec, facts, tps, probe)}
         state["probe_tokens_per_s"] = probe
@@ -188,12 +223,16 @@ def _run_locked(spec: CompareSpec, comp_dir: Path, saved: dict[str, Any] | None,
 
     notes = []
     if spec.match == "time" and jobs > 1:
-        notes.append(f"time-matched with {jobs} runs in parallel: each run's throughput depends on what ran beside it")
+        notes.append(
+            f"time-matched with {jobs} runs in parallel: each run's throughput depends on what ran beside it"
+        )
     tokenizers = sorted({spec.tokenizer_of(a) for a in spec.arms})
     if len(tokenizers) > 1:
-        notes.append(f"arms use different tokenizers ({', '.join(tokenizers)}): their token counts are not the same "
-                     f"amount of text (compare FLOPs and BPB), and a seed fixes each arm's initialisation and "
-                     f"sampling but not the same text per step, so pairing removes less noise")
+        notes.append(
+            f"arms use different tokenizers ({', '.join(tokenizers)}): their token counts are not the same "
+            f"amount of text (compare FLOPs and BPB), and a seed fixes each arm's initialisation and "
+            f"sampling but not the same text per step, so pairing removes less noise"
+        )
     env = {"threads_per_run": threads, "jobs": jobs, "cpus": _cpu_count(), "python": sys.version.split()[0]}
 
     # Equal tuning effort: each arm's lr is chosen on the tuning split before any final run; the final runs
@@ -208,8 +247,10 @@ def _run_locked(spec: CompareSpec, comp_dir: Path, saved: dict[str, Any] | None,
         _write_yaml(comp_dir / "compare.yaml", state)
         for arm in run_spec.arms:
             arm.optim = dict(tuning["arms"][arm.label]["optim"])
-            log(f"  {arm.label}: {tuning['param']} = {tuning['arms'][arm.label]['chosen']:g} (tuning-split BPB "
-                f"{tuning['arms'][arm.label]['chosen_tune_bpb']:.4f})")
+            log(
+                f"  {arm.label}: {tuning['param']} = {tuning['arms'][arm.label]['chosen']:g} (tuning-split BPB "
+                f"{tuning['arms'][arm.label]['chosen_tune_bpb']:.4f})"
+            )
 
     # Seeds: a fixed list, or (seeds: auto) rounds of one more seed per arm until the stop rule holds.
     plan_dicts = {k: {**p.to_dict(), **facts[k].to_dict()} for k, p in plans.items()}
@@ -217,15 +258,22 @@ def _run_locked(spec: CompareSpec, comp_dir: Path, saved: dict[str, Any] | None,
     while True:
         run_list = _schedule(run_spec, comp_dir, data_dirs, plans, threads, retry_failed, log)
         reused = len(spec.arms) * len(run_spec.seeds) - len(run_list)
-        interrupted = execute_jobs(run_list, jobs, {k: p.steps for k, p in plans.items()}, reused, progress, log)
+        interrupted = execute_jobs(
+            run_list, jobs, {k: p.steps for k, p in plans.items()}, reused, progress, log
+        )
         results = collect_results(run_spec, comp_dir, checks=checks, plans=plan_dicts, env=env, notes=notes)
         if spec.seeds_max is None or interrupted:
             break
         stop, reason = _auto_round(results, run_spec, rounds)
-        log(f"seeds auto: {len(run_spec.seeds)} seeds: " + "; ".join(_decision_text(a, rounds[-1]["decisions"])
-                                                                       for a in results["arms"]
-                                                                       if a["label"] in rounds[-1]["decisions"])
-            + (f" -> stop ({reason})" if stop else " -> one more seed"))
+        log(
+            f"seeds auto: {len(run_spec.seeds)} seeds: "
+            + "; ".join(
+                _decision_text(a, rounds[-1]["decisions"])
+                for a in results["arms"]
+                if a["label"] in rounds[-1]["decisions"]
+            )
+            + (f" -> stop ({reason})" if stop else " -> one more seed")
+        )
         if stop:
             break
         run_spec.seeds = list(range(len(run_spec.seeds) + 1))
@@ -237,14 +285,22 @@ def _run_locked(spec: CompareSpec, comp_dir: Path, saved: dict[str, Any] | None,
     files = write_report(results, comp_dir, make_plots=make_plots)
     if interrupted:
         done = sum(r["status"] in REUSABLE for a in results["arms"] for r in a["runs"])
-        log(f"interrupted: {done} of {len(spec.arms) * len(run_spec.seeds)} runs finished; partial report in "
-            f"{files['report']}; re-run the same command to resume")
+        log(
+            f"interrupted: {done} of {len(spec.arms) * len(run_spec.seeds)} runs finished; partial report in "
+            f"{files['report']}; re-run the same command to resume"
+        )
         raise KeyboardInterrupt
     return results, files
 
 
-def execute_jobs(run_list: list[RunJob], jobs: int, total_steps: dict[str, int | None], reused: int,
-                 progress: bool, log: Callable[[str], None]) -> bool:
+def execute_jobs(
+    run_list: list[RunJob],
+    jobs: int,
+    total_steps: dict[str, int | None],
+    reused: int,
+    progress: bool,
+    log: Callable[[str], None],
+) -> bool:
     """Run the jobs with the live display; True when interrupted (Ctrl-C / SIGTERM: children checkpointed)."""
     if not run_list:
         return False
@@ -287,7 +343,9 @@ def _decision_text(arm: dict[str, Any], decisions: dict[str, str]) -> str:
     return f"{arm['label']} {decisions[arm['label']]} ({delta}anytime-valid interval {interval})"
 
 
-def _attach_auto(results: dict[str, Any], spec: CompareSpec, rounds: list[dict[str, Any]], interrupted: bool) -> None:
+def _attach_auto(
+    results: dict[str, Any], spec: CompareSpec, rounds: list[dict[str, Any]], interrupted: bool
+) -> None:
     """The stop rule, every round's decisions and the stop reason, in results.json and on each arm."""
     from lumi.compare.sequential import SeedsRule
 
@@ -298,15 +356,23 @@ def _attach_auto(results: dict[str, Any], spec: CompareSpec, rounds: list[dict[s
         reason = "every arm decided"
     else:
         reason = f"reached the maximum of {spec.seeds_max} seeds"
-    results["seeds_rule"] = {**SeedsRule(spec.seeds_max).to_dict(), "rounds": rounds, "stopped_after": last["seeds"],
-                             "stop_reason": reason}
+    results["seeds_rule"] = {
+        **SeedsRule(spec.seeds_max).to_dict(),
+        "rounds": rounds,
+        "stopped_after": last["seeds"],
+        "stop_reason": reason,
+    }
     for a in results["arms"]:
         if not a.get("is_baseline"):
-            a["sequential"] = {"decision": last["decisions"].get(a["label"], "undecided"), "seeds": last["seeds"],
-                               "reason": reason}
+            a["sequential"] = {
+                "decision": last["decisions"].get(a["label"], "undecided"),
+                "seeds": last["seeds"],
+                "reason": reason,
+            }
 
 
 # -- steps -------------------------------------------------------------------------------------------
+
 
 def _cpu_count() -> int:
     try:
@@ -343,7 +409,10 @@ def _mark_killed(job: RunJob, log: Callable[[str], None]) -> None:
     if job.returncode in (None, 0) or _status(job.run_dir) not in (None, "running", "unknown"):
         return
     if job.returncode in INTERRUPTED_CODES:
-        status, error = "interrupted", f"stopped by an interrupt before it wrote a final status; see {job.log_path}"
+        status, error = (
+            "interrupted",
+            f"stopped by an interrupt before it wrote a final status; see {job.log_path}",
+        )
     else:
         if job.returncode < 0:
             name = signal.Signals(-job.returncode).name if -job.returncode in signal.valid_signals() else "?"
@@ -370,8 +439,10 @@ def _prepare_data(spec: CompareSpec, progress: bool, log: Callable[[str], None])
         if spec.data.get("dir") and tok == spec.data["tokenizer"]:
             out[tok] = load_prepared(Path(spec.data["dir"]))
             if out[tok].tokenizer.spec != tok:
-                raise LumiError(f"--data {spec.data['dir']} holds {out[tok].tokenizer.spec} shards, but the comparison's "
-                                f"tokenizer is {tok}; pass --tokenizer {out[tok].tokenizer.spec} or another --data")
+                raise LumiError(
+                    f"--data {spec.data['dir']} holds {out[tok].tokenizer.spec} shards, but the comparison's "
+                    f"tokenizer is {tok}; pass --tokenizer {out[tok].tokenizer.spec} or another --data"
+                )
         else:
             out[tok] = prepare(spec.data["corpus"], tok, progress=progress, log=log)
         log(f"data: {spec.data['corpus']} / {tok}: vocabulary {out[tok].vocab_size}, {out[tok].directory}")
@@ -383,16 +454,22 @@ def _definition_hash(arm, vocab_size: int, probe_lengths: list[int]) -> str:
     code, plugin files."""
     import lumi
 
-    h = hashlib.sha256(json.dumps([arm.name, arm.preset, arm.overrides, vocab_size, CHECK_SEQ_LEN, probe_lengths,
-                                   lumi.__version__], sort_keys=True, default=str).encode())
+    h = hashlib.sha256(
+        json.dumps(
+            [arm.name, arm.preset, arm.overrides, vocab_size, CHECK_SEQ_LEN, probe_lengths, lumi.__version__],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     root = Path(lumi.__file__).parent
     for path in sorted([*root.glob("models/*.py"), *root.glob("check/*.py")]) + [Path(f) for f in arm.files]:
         h.update(path.read_bytes())
     return h.hexdigest()
 
 
-def _run_checks(spec: CompareSpec, comp_dir: Path, vocab: dict[str, int],
-                log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+def _run_checks(
+    spec: CompareSpec, comp_dir: Path, vocab: dict[str, int], log: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
     """`lumi check` on every arm (cached by definition), its causality probes also at the comparison's
     training (= evaluation) length. Refuses leaky arms unless spec.allow_leaky."""
     from lumi.check.runner import run_checks
@@ -411,10 +488,18 @@ def _run_checks(spec: CompareSpec, comp_dir: Path, vocab: dict[str, int],
         if key in cache:
             report = cache[key]
         else:
-            log(f"lumi check {arm.label} ({arm.spec()}, vocab {vocab[spec.tokenizer_of(arm)]}, causality also at "
-                f"T={probe_lengths[0]}) ...")
-            report = run_checks(arm.name, arm.preset, arm.overrides, vocab_size=vocab[spec.tokenizer_of(arm)],
-                                seq_len=CHECK_SEQ_LEN, extra_lengths=probe_lengths).to_dict()
+            log(
+                f"lumi check {arm.label} ({arm.spec()}, vocab {vocab[spec.tokenizer_of(arm)]}, causality also at "
+                f"T={probe_lengths[0]}) ..."
+            )
+            report = run_checks(
+                arm.name,
+                arm.preset,
+                arm.overrides,
+                vocab_size=vocab[spec.tokenizer_of(arm)],
+                seq_len=CHECK_SEQ_LEN,
+                extra_lengths=probe_lengths,
+            ).to_dict()
             cache[key] = report
             write_json(cache_path, cache)
         checks[arm.label] = report
@@ -423,58 +508,99 @@ def _run_checks(spec: CompareSpec, comp_dir: Path, vocab: dict[str, int],
         if not failed:
             log(f"  {arm.label}: {len(report['results'])}/{len(report['results'])} checks passed")
         elif leaks and not spec.allow_leaky:
-            raise LumiError(f"arm {arm.label!r} failed lumi check: {leaks[0]['name']}: {leaks[0]['detail']}. A model "
-                            f"that sees the future has a meaningless BPB, so nothing was trained; fix the model "
-                            f"(`lumi check {arm.name}{' --preset ' + arm.preset if arm.preset else ''}`), or pass "
-                            f"--allow-leaky to train it anyway (it then gets no verdict, and runs whose trained "
-                            f"weights leak are marked LEAK)")
+            raise LumiError(
+                f"arm {arm.label!r} failed lumi check: {leaks[0]['name']}: {leaks[0]['detail']}. A model "
+                f"that sees the future has a meaningless BPB, so nothing was trained; fix the model "
+                f"(`lumi check {arm.name}{' --preset ' + arm.preset if arm.preset else ''}`), or pass "
+                f"--allow-leaky to train it anyway (it then gets no verdict, and runs whose trained "
+                f"weights leak are marked LEAK)"
+            )
         else:
-            log(f"  WARNING {arm.label}: failed " + "; ".join(f"{r['name']}: {r['detail']}" for r in failed)
-                + " — training it anyway; it gets no verdict")
+            log(
+                f"  WARNING {arm.label}: failed "
+                + "; ".join(f"{r['name']}: {r['detail']}" for r in failed)
+                + " — training it anyway; it gets no verdict"
+            )
     return checks
 
 
-def _log_plans(spec: CompareSpec, plans: dict[str, ArmPlan], facts: dict[str, ModelFacts],
-               log: Callable[[str], None]) -> None:
+def _log_plans(
+    spec: CompareSpec, plans: dict[str, ArmPlan], facts: dict[str, ModelFacts], log: Callable[[str], None]
+) -> None:
     for arm in spec.arms:
         p, f = plans[arm.label], facts[arm.label]
-        what = f"{p.steps} steps, {p.tokens:,} tokens, {p.flops:.3g} FLOPs" if p.steps is not None else p.budget
-        log(f"  {arm.label}: {f.params:,} params ({f.non_embedding_params:,} non-embedding), "
-            f"{f.flops_per_token:.3g} FLOPs/token -> {what}")
+        what = (
+            f"{p.steps} steps, {p.tokens:,} tokens, {p.flops:.3g} FLOPs" if p.steps is not None else p.budget
+        )
+        log(
+            f"  {arm.label}: {f.params:,} params ({f.non_embedding_params:,} non-embedding), "
+            f"{f.flops_per_token:.3g} FLOPs/token -> {what}"
+        )
 
 
-def run_config(spec: CompareSpec, arm, seed: int, plan: ArmPlan, data_dir: Path, threads: int) -> dict[str, Any]:
+def run_config(
+    spec: CompareSpec, arm, seed: int, plan: ArmPlan, data_dir: Path, threads: int
+) -> dict[str, Any]:
     """The `lumi train` config of one run: shared settings, the arm's model and optim, seed, matched budget."""
     from lumi.train.config import TrainConfig
 
     raw = {
         "name": f"{spec.name}/{arm.dirname}/seed-{seed}",
-        "model": {"name": arm.name, "preset": arm.preset, "overrides": dict(arm.overrides), "files": list(arm.files)},
+        "model": {
+            "name": arm.name,
+            "preset": arm.preset,
+            "overrides": dict(arm.overrides),
+            "files": list(arm.files),
+        },
         "data": {"corpus": spec.data["corpus"], "tokenizer": spec.tokenizer_of(arm), "dir": str(data_dir)},
         "optim": {**spec.optim, **arm.optim},
         # `lumi check` already probed the arm at this length (_run_checks), so the child skips its own
         # pre-training probe; it still audits its final weights. allow_leaky mirrors --allow-leaky.
-        "train": {**spec.train, "seed": seed, "budget": plan.budget, "threads": threads,
-                  "causality_preflight": False, "allow_leaky": bool(spec.allow_leaky)},
+        "train": {
+            **spec.train,
+            "seed": seed,
+            "budget": plan.budget,
+            "threads": threads,
+            "causality_preflight": False,
+            "allow_leaky": bool(spec.allow_leaky),
+        },
     }
     return TrainConfig.from_dict(raw, f"comparison {spec.name!r}, arm {arm.label!r}").to_dict()
 
 
-def _schedule(spec: CompareSpec, comp_dir: Path, data: dict[str, Any], plans: dict[str, ArmPlan], threads: int,
-              retry_failed: bool, log: Callable[[str], None]) -> list[RunJob]:
+def _schedule(
+    spec: CompareSpec,
+    comp_dir: Path,
+    data: dict[str, Any],
+    plans: dict[str, ArmPlan],
+    threads: int,
+    retry_failed: bool,
+    log: Callable[[str], None],
+) -> list[RunJob]:
     """Seed-major list of runs still to do; finished ones are reused, interrupted ones resumed."""
     todo: list[RunJob] = []
     counts = new_counts()
     for seed in spec.seeds:
         for arm in spec.arms:
-            cfg = run_config(spec, arm, seed, plans[arm.label], Path(data[spec.tokenizer_of(arm)].directory).resolve(),
-                             threads)
+            cfg = run_config(
+                spec,
+                arm,
+                seed,
+                plans[arm.label],
+                Path(data[spec.tokenizer_of(arm)].directory).resolve(),
+                threads,
+            )
             cfg_path = comp_dir / "configs" / arm.dirname / f"seed-{seed}.yaml"
             run_dir = comp_dir / "runs" / arm.dirname / f"seed-{seed}"
-            job = RunJob(arm.label, seed, run_dir, cfg_path, comp_dir / "logs" / arm.dirname / f"seed-{seed}.log")
+            job = RunJob(
+                arm.label, seed, run_dir, cfg_path, comp_dir / "logs" / arm.dirname / f"seed-{seed}.log"
+            )
             if needs_training(job, cfg, retry_failed, counts, log):
                 todo.append(job)
-    log("runs: " + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in ("reused", "to train")))
+    log(
+        "runs: "
+        + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in ("reused", "to train"))
+    )
     return todo
 
 
@@ -482,8 +608,9 @@ def new_counts() -> dict[str, int]:
     return {"reused": 0, "resumed": 0, "to train": 0, "failed (kept; --retry-failed runs them again)": 0}
 
 
-def needs_training(job: RunJob, cfg: dict[str, Any], retry_failed: bool, counts: dict[str, int],
-                   log: Callable[[str], None]) -> bool:
+def needs_training(
+    job: RunJob, cfg: dict[str, Any], retry_failed: bool, counts: dict[str, int], log: Callable[[str], None]
+) -> bool:
     """Write the job's config; True when it must (re)train or resume, False when its finished run is reused.
 
     A run trained with another config (thread count excepted) is refused: it is never silently reused.
@@ -500,13 +627,18 @@ def needs_training(job: RunJob, cfg: dict[str, Any], retry_failed: bool, counts:
         if isinstance(saved, dict):
             # Keys that do not change what a run trains: its threads, and the leak probes around training
             # (runs from before the probes existed lack the causality keys and are still reused).
-            diffs = [d for d in config_differences(saved, cfg)
-                     if not d.startswith(("train.threads:", "train.allow_leaky:", "train.causality_"))]
+            diffs = [
+                d
+                for d in config_differences(saved, cfg)
+                if not d.startswith(("train.threads:", "train.allow_leaky:", "train.causality_"))
+            ]
             if diffs:
-                raise LumiError(f"run {run_dir} was trained with a different config ({'; '.join(diffs[:3])}) "
-                                f"although the comparison's spec is the same (moved data or plugin files?); "
-                                f"it cannot be reused or resumed: move it away to retrain it, or use "
-                                f"another --out")
+                raise LumiError(
+                    f"run {run_dir} was trained with a different config ({'; '.join(diffs[:3])}) "
+                    f"although the comparison's spec is the same (moved data or plugin files?); "
+                    f"it cannot be reused or resumed: move it away to retrain it, or use "
+                    f"another --out"
+                )
     if status in REUSABLE:
         counts["reused"] += 1
         return False

@@ -7,8 +7,9 @@ this order: diverged, descending | plateaued, unstable, overfitting, suspicious,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,9 @@ def relative_tail_drop(xs: Sequence[float], ys: Sequence[float]) -> float | None
     y(x_tail) is linearly interpolated at the start of the tail. Positive = still falling.
     None with fewer than 2 points, an empty x-range or a zero last value.
     """
-    pts = [(float(x), float(y)) for x, y in zip(xs, ys) if as_number(x) is not None and as_number(y) is not None]
+    pts = [
+        (float(x), float(y)) for x, y in zip(xs, ys) if as_number(x) is not None and as_number(y) is not None
+    ]
     if len(pts) < 2:
         return None
     pts.sort(key=lambda p: p[0])
@@ -62,7 +65,9 @@ def relative_tail_drop(xs: Sequence[float], ys: Sequence[float]) -> float | None
     return float((np.interp(start, x, y) - y[-1]) / abs(y[-1]))
 
 
-def find_spikes(losses: Sequence[float | None], window: int = SPIKE_WINDOW, ratio: float = SPIKE_RATIO) -> list[int]:
+def find_spikes(
+    losses: Sequence[float | None], window: int = SPIKE_WINDOW, ratio: float = SPIKE_RATIO
+) -> list[int]:
     """Indices of losses above ``ratio`` x the median of the previous ``window`` finite losses.
 
     No judgement until ``window`` finite losses were seen; non-finite losses are skipped (divergence
@@ -90,12 +95,17 @@ def _pct(frac: float) -> float:
     return round(100.0 * frac, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
-def _diverged(train: list[dict[str, Any]], rows: Sequence[dict[str, Any]],
-              summary: dict[str, Any]) -> Diagnosis | None:
+def _diverged(
+    train: list[dict[str, Any]], rows: Sequence[dict[str, Any]], summary: dict[str, Any]
+) -> Diagnosis | None:
     div_rows = [r for r in rows if r.get("kind") == "diverged"]
     bad_train = [r for r in train if as_number(r.get("loss")) is None]
-    if not (summary.get("status") == "diverged" or summary.get("diverged_at_step") is not None
-            or div_rows or bad_train):
+    if not (
+        summary.get("status") == "diverged"
+        or summary.get("diverged_at_step") is not None
+        or div_rows
+        or bad_train
+    ):
         return None
     step = summary.get("diverged_at_step")
     if step is None and div_rows:
@@ -103,14 +113,22 @@ def _diverged(train: list[dict[str, Any]], rows: Sequence[dict[str, Any]],
     if step is None and bad_train:
         step = bad_train[0].get("step")
     what = "a non-finite loss"
-    if div_rows and as_number(div_rows[0].get("loss")) is not None and as_number(div_rows[0].get("grad_norm")) is None:
+    if (
+        div_rows
+        and as_number(div_rows[0].get("loss")) is not None
+        and as_number(div_rows[0].get("grad_norm")) is None
+    ):
         what = "a non-finite gradient norm"
     where = f"at step {step}" if step is not None else "(step unknown)"
     return Diagnosis("diverged", f"training stopped on {what} {where}")
 
 
 def _trend(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> Diagnosis | None:
-    val = [(x, v) for r in evals if (x := _x_of(r)) is not None and (v := as_number(r.get("val_bpb"))) is not None]
+    val = [
+        (x, v)
+        for r in evals
+        if (x := _x_of(r)) is not None and (v := as_number(r.get("val_bpb"))) is not None
+    ]
     use_ema = any(as_number(r.get("loss_ema")) is not None for r in train)
     key = "loss_ema" if use_ema else "loss"
     tr = [(x, v) for r in train if (x := _x_of(r)) is not None and (v := as_number(r.get(key))) is not None]
@@ -129,8 +147,11 @@ def _trend(train: list[dict[str, Any]], evals: list[dict[str, Any]]) -> Diagnosi
     tail = f"over the last {round(100 * TAIL_FRACTION)}% of tokens{why}"
     pct = _pct(drop)
     if drop > PLATEAU_DROP:
-        return Diagnosis("descending", f"{what} fell {pct:.1f}% {tail}: still improving, a longer budget "
-                                       "may change the ranking", brief=f"{what} fell {pct:.1f}%")
+        return Diagnosis(
+            "descending",
+            f"{what} fell {pct:.1f}% {tail}: still improving, a longer budget may change the ranking",
+            brief=f"{what} fell {pct:.1f}%",
+        )
     moved = f"fell {pct:.1f}%" if pct >= 0 else f"rose {-pct:.1f}%"
     return Diagnosis("plateaued", f"{what} {moved} {tail}, not more than {_pct(PLATEAU_DROP):g}%")
 
@@ -141,8 +162,11 @@ def _unstable(train: list[dict[str, Any]]) -> Diagnosis | None:
     if not spikes:
         return None
     first = train[spikes[0]].get("step")
-    return Diagnosis("unstable", f"{len(spikes)} train-loss spike(s) above {SPIKE_RATIO}x the median of the "
-                                 f"previous {SPIKE_WINDOW} logged losses, first at step {first}")
+    return Diagnosis(
+        "unstable",
+        f"{len(spikes)} train-loss spike(s) above {SPIKE_RATIO}x the median of the "
+        f"previous {SPIKE_WINDOW} logged losses, first at step {first}",
+    )
 
 
 def _overfitting(evals: list[dict[str, Any]]) -> Diagnosis | None:
@@ -166,13 +190,20 @@ def _overfitting(evals: list[dict[str, Any]]) -> Diagnosis | None:
     # Without the gap we cannot tell overfitting from a run that got worse everywhere (e.g. a bad LR).
     if g0 is None or g1 is None or g1 - g0 <= OVERFIT_GAP_GROWTH:
         return None
-    return Diagnosis("overfitting", f"val BPB rose {_pct(rise):.1f}% above its best ({vals[best_i]:.4f} at step "
-                                    f"{best.get('step')}) by step {last.get('step')}, while the val − train "
-                                    f"gap grew by {g1 - g0:.3f} nats")
+    return Diagnosis(
+        "overfitting",
+        f"val BPB rose {_pct(rise):.1f}% above its best ({vals[best_i]:.4f} at step "
+        f"{best.get('step')}) by step {last.get('step')}, while the val − train "
+        f"gap grew by {g1 - g0:.3f} nats",
+    )
 
 
-def diagnose_run(rows: Sequence[dict[str, Any]], summary: dict[str, Any] | None, check_passed: bool | None = True,
-                 check_detail: str | None = None) -> list[Diagnosis]:
+def diagnose_run(
+    rows: Sequence[dict[str, Any]],
+    summary: dict[str, Any] | None,
+    check_passed: bool | None = True,
+    check_detail: str | None = None,
+) -> list[Diagnosis]:
     """The curve diagnoses of one run from its metrics rows and summary.json (may be empty).
 
     ``check_passed`` False (the arm failed `lumi check`) makes the run suspicious, with
@@ -196,11 +227,16 @@ def diagnose_run(rows: Sequence[dict[str, Any]], summary: dict[str, Any] | None,
     reasons: list[str] = []
     final = as_number(summary.get("final_val_bpb"))
     periodic = [v for r in evals if (v := as_number(r.get("val_bpb"))) is not None]
-    bpb, which = (final, "final val BPB") if final is not None else \
-        ((periodic[-1], "last val BPB") if periodic else (None, ""))
+    bpb, which = (
+        (final, "final val BPB")
+        if final is not None
+        else ((periodic[-1], "last val BPB") if periodic else (None, ""))
+    )
     if bpb is not None and bpb < SANITY_FLOOR_BPB:
-        reasons.append(f"{which} {bpb:.4f} is below the sanity floor of {SANITY_FLOOR_BPB} (no compact model "
-                       "reaches that on natural text: a leak or broken byte accounting)")
+        reasons.append(
+            f"{which} {bpb:.4f} is below the sanity floor of {SANITY_FLOOR_BPB} (no compact model "
+            "reaches that on natural text: a leak or broken byte accounting)"
+        )
     if check_passed is False:
         reasons.append(f"failed lumi check: {check_detail}" if check_detail else "failed lumi check")
     if reasons:

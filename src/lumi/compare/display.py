@@ -45,8 +45,14 @@ def latest_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 class CompareDisplay:
-    def __init__(self, jobs: list[RunJob], total_steps: dict[str, int | None], reused: int,
-                 enabled: bool = True, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        jobs: list[RunJob],
+        total_steps: dict[str, int | None],
+        reused: int,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+    ) -> None:
         self.jobs = jobs
         self.total_steps = total_steps  # label -> planned steps (None for a time budget)
         self.reused = reused
@@ -103,9 +109,12 @@ class CompareDisplay:
     def _table(self, running: list[RunJob]):
         from rich.table import Table
 
-        table = Table(title=f"lumi compare: {len(self.ended) + self.reused} done, {len(running)} running, "
-                            f"{len(self.jobs) - len(self.ended) - len(running)} pending"
-                            + (f" ({self.reused} reused)" if self.reused else ""), title_justify="left")
+        table = Table(
+            title=f"lumi compare: {len(self.ended) + self.reused} done, {len(running)} running, "
+            f"{len(self.jobs) - len(self.ended) - len(running)} pending"
+            + (f" ({self.reused} reused)" if self.reused else ""),
+            title_justify="left",
+        )
         for col in ("run", "state", "progress"):
             table.add_column(col)
         running_keys = {j.key for j in running}

@@ -52,33 +52,46 @@ def model_facts(arm: Arm, vocab_size: int, seq_len: int) -> ModelFacts:
         load_model_file(f)
     model = build_model(arm.name, arm.preset, arm.overrides, vocab_size=vocab_size)
     counts = model.param_counts()
-    return ModelFacts(params=counts.total, non_embedding_params=counts.non_embedding,
-                      active_params=counts.active if counts.active is not None else counts.total,
-                      flops_per_token=float(model.flops_per_token(seq_len)))
+    return ModelFacts(
+        params=counts.total,
+        non_embedding_params=counts.non_embedding,
+        active_params=counts.active if counts.active is not None else counts.total,
+        flops_per_token=float(model.flops_per_token(seq_len)),
+    )
 
 
 def validate_pairing(spec: CompareSpec) -> None:
     """Refuse specs that would break the paired design or leave nothing to compare."""
     for arm in spec.arms:
         if arm.train:
-            raise LumiError(f"arm {arm.label!r} sets its own train settings ({', '.join(sorted(arm.train))}); the "
-                            f"paired design needs every arm to see the same batches, so seq_len, batch_size and "
-                            f"the other train settings go in the shared train: section")
+            raise LumiError(
+                f"arm {arm.label!r} sets its own train settings ({', '.join(sorted(arm.train))}); the "
+                f"paired design needs every arm to see the same batches, so seq_len, batch_size and "
+                f"the other train settings go in the shared train: section"
+            )
     for key in FORBIDDEN_TRAIN_KEYS:
         if key in spec.train:
-            raise LumiError(f"train.{key} is set by the comparison itself (from seeds:, budget: and --jobs); "
-                            f"remove it from the train section")
+            raise LumiError(
+                f"train.{key} is set by the comparison itself (from seeds:, budget: and --jobs); "
+                f"remove it from the train section"
+            )
     if train_settings(spec).final_eval == "none":
-        raise LumiError("train.final_eval=none leaves no final validation BPB to compare; use full (default) or subset")
+        raise LumiError(
+            "train.final_eval=none leaves no final validation BPB to compare; use full (default) or subset"
+        )
     tokenizers = {spec.tokenizer_of(a) for a in spec.arms}
     if len(tokenizers) > 1 and spec.match == "tokens":
-        raise LumiError(f"arms use different tokenizers ({', '.join(sorted(tokenizers))}): a token is not the same "
-                        f"amount of text for each, so --match tokens is not a fair budget; use --match flops or time")
+        raise LumiError(
+            f"arms use different tokenizers ({', '.join(sorted(tokenizers))}): a token is not the same "
+            f"amount of text for each, so --match tokens is not a fair budget; use --match flops or time"
+        )
     from lumi.train.config import TrainConfig
 
     for arm in spec.arms:  # bad shared/per-arm keys fail now, naming the key, not in every child process
-        TrainConfig.from_dict({"train": spec.train, "optim": {**spec.optim, **arm.optim}},
-                              f"comparison {spec.name!r} (arm {arm.label!r})")
+        TrainConfig.from_dict(
+            {"train": spec.train, "optim": {**spec.optim, **arm.optim}},
+            f"comparison {spec.name!r} (arm {arm.label!r})",
+        )
 
 
 def train_settings(spec: CompareSpec):
@@ -93,8 +106,12 @@ def tokens_per_step(spec: CompareSpec) -> int:
     return t.seq_len * t.batch_size
 
 
-def plan_budgets(spec: CompareSpec, facts: dict[str, ModelFacts], tokens_per_step: int,
-                 probe_tokens_per_s: float | None = None) -> list[ArmPlan]:
+def plan_budgets(
+    spec: CompareSpec,
+    facts: dict[str, ModelFacts],
+    tokens_per_step: int,
+    probe_tokens_per_s: float | None = None,
+) -> list[ArmPlan]:
     """One ArmPlan per arm (in spec order) so that ``spec.match`` is equal across arms."""
     from lumi.train.config import parse_budget
 
@@ -103,14 +120,18 @@ def plan_budgets(spec: CompareSpec, facts: dict[str, ModelFacts], tokens_per_ste
         if budget.kind != "seconds":
             raise LumiError(f"--match time needs a time budget (e.g. 90s, 2m), got {spec.budget!r}")
         if budget.value < MIN_SECONDS:
-            raise LumiError(f"budget {spec.budget!r} is too small to evaluate: give every arm at least "
-                            f"{MIN_SECONDS:g} s of training")
+            raise LumiError(
+                f"budget {spec.budget!r} is too small to evaluate: give every arm at least "
+                f"{MIN_SECONDS:g} s of training"
+            )
         return [ArmPlan(a.label, f"{budget.value:g}s", None, None, None) for a in spec.arms]
     base = facts[spec.baseline]
     if budget.kind == "seconds":
         if not probe_tokens_per_s:
-            raise LumiError(f"a time budget ({spec.budget}) with --match {spec.match} needs the baseline's measured "
-                            f"throughput to convert it into tokens")
+            raise LumiError(
+                f"a time budget ({spec.budget}) with --match {spec.match} needs the baseline's measured "
+                f"throughput to convert it into tokens"
+            )
         base_tokens = budget.value * probe_tokens_per_s
     elif budget.kind == "steps":
         base_tokens = budget.value * tokens_per_step
@@ -125,15 +146,19 @@ def plan_budgets(spec: CompareSpec, facts: dict[str, ModelFacts], tokens_per_ste
         tokens = base_tokens if spec.match == "tokens" else total_flops / fpt
         steps = int(round(tokens / tokens_per_step))
         if steps < MIN_STEPS:
-            raise LumiError(f"budget {spec.budget!r} is too small to evaluate: arm {arm.label!r} would get {steps} "
-                            f"optimizer steps of {tokens_per_step} tokens (at least {MIN_STEPS} are needed)")
-        plans.append(ArmPlan(arm.label, f"{steps}steps", steps, steps * tokens_per_step,
-                             steps * tokens_per_step * fpt))
+            raise LumiError(
+                f"budget {spec.budget!r} is too small to evaluate: arm {arm.label!r} would get {steps} "
+                f"optimizer steps of {tokens_per_step} tokens (at least {MIN_STEPS} are needed)"
+            )
+        plans.append(
+            ArmPlan(arm.label, f"{steps}steps", steps, steps * tokens_per_step, steps * tokens_per_step * fpt)
+        )
     return plans
 
 
-def measure_tokens_per_s(arm: Arm, vocab_size: int, seq_len: int, batch_size: int, threads: int,
-                         seconds: float = 3.0) -> float:
+def measure_tokens_per_s(
+    arm: Arm, vocab_size: int, seq_len: int, batch_size: int, threads: int, seconds: float = 3.0
+) -> float:
     """Training throughput of ``arm`` (forward + backward + AdamW on random tokens) over ~``seconds``."""
     import torch
     import torch.nn.functional as F
@@ -153,7 +178,9 @@ def measure_tokens_per_s(arm: Arm, vocab_size: int, seq_len: int, batch_size: in
 
             def step() -> None:
                 logits = model(tokens[:, :-1])
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
+                loss = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1)
+                )
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)

@@ -26,8 +26,7 @@ def _points(run: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray] | No
     """(x, val_bpb) of one run's curve, sorted by x, finite points only; None when empty."""
     curve = run.get("curve") or {}
     xs, ys = curve.get(key) or [], curve.get("val_bpb") or []
-    pts = sorted((float(x), float(y)) for x, y in zip(xs, ys)
-                 if is_number(x) and is_number(y))
+    pts = sorted((float(x), float(y)) for x, y in zip(xs, ys) if is_number(x) and is_number(y))
     if not pts:
         return None
     x = np.array([p[0] for p in pts])
@@ -36,7 +35,9 @@ def _points(run: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray] | No
     return x, y[idx]
 
 
-def arm_band(runs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int] | None:
+def arm_band(
+    runs: list[dict[str, Any]], key: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int] | None:
     """(grid, mean, min, max, n_runs) over the runs' curves against ``key``; None without data.
 
     Only the usable (completed) runs when the arm has any: a crashed run's partial curve would make
@@ -75,8 +76,11 @@ def make_plots(results: dict[str, Any], comp_dir: str | Path) -> dict[str, Path]
     comp_dir = Path(comp_dir)
     written: dict[str, Path] = {}
     for fname, key, xlabel in PLOTS:
-        bands = [(arm, band) for arm in results.get("arms", [])
-                 if (band := arm_band(arm.get("runs", []), key)) is not None]
+        bands = [
+            (arm, band)
+            for arm in results.get("arms", [])
+            if (band := arm_band(arm.get("runs", []), key)) is not None
+        ]
         if not bands:
             continue
         # Figure directly, not pyplot: no global figure state, nothing left open.
@@ -86,14 +90,24 @@ def make_plots(results: dict[str, Any], comp_dir: str | Path) -> dict[str, Path]
             color = f"C{i % 10}"
             name = f"{arm['label']}{' (baseline)' if arm.get('is_baseline') else ''}, {n} seed{'s' if n != 1 else ''}"
             few = len(grid) < 12
-            ax.plot(grid, mean, color=color, label=name, lw=2.2 if arm.get("is_baseline") else 1.6,
-                    marker="o" if few else None, ms=3)
+            ax.plot(
+                grid,
+                mean,
+                color=color,
+                label=name,
+                lw=2.2 if arm.get("is_baseline") else 1.6,
+                marker="o" if few else None,
+                ms=3,
+            )
             if n > 1:
                 ax.fill_between(grid, lo, hi, color=color, alpha=0.18, lw=0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation BPB (periodic evals)")
-        ax.set_title(f"{results.get('name', 'comparison')}: val BPB vs {xlabel.split(' (')[0]}"
-                     f" (mean over seeds, min–max band)", fontsize=10)
+        ax.set_title(
+            f"{results.get('name', 'comparison')}: val BPB vs {xlabel.split(' (')[0]}"
+            f" (mean over seeds, min–max band)",
+            fontsize=10,
+        )
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -23,6 +23,7 @@ MAX_TERMINAL_NOTES = 12
 
 # -- number formats ---------------------------------------------------------------------------------
 
+
 def fmt_count(x: Any) -> str:
     """3 significant digits with k/M/G/T: 500, 1k, 6.4k, 19.2M, 3.1T; '–' when missing."""
     from lumi.progress import format_count
@@ -125,15 +126,19 @@ def sequential_verdict(decision: str | None, threshold: Any, default: str) -> st
     """The verdict word of a `seeds: auto` decision (lumi.compare.sequential.decide)."""
     if decision == "equivalent":
         return f"equivalent (within ±{threshold:g})" if is_number(threshold) else "equivalent"
-    return {"better": "better", "worse": "worse", "undecided": "no clear difference"}.get(decision or "", default)
+    return {"better": "better", "worse": "worse", "undecided": "no clear difference"}.get(
+        decision or "", default
+    )
 
 
 def fmt_sequential(seq: dict[str, Any], vs: dict[str, Any]) -> str:
     """'seeds auto: better after 4 seeds (anytime-valid 95% interval [-0.09, -0.02])'."""
     lo, hi = vs.get("cs_low"), vs.get("cs_high")
     interval = f"[{lo:.4f}, {hi:.4f}]" if is_number(lo) and is_number(hi) else "unbounded"
-    return (f"seeds auto: {seq.get('decision', 'undecided')} after {seq.get('seeds', '?')} seeds "
-            f"(anytime-valid 95% interval {interval}; {seq.get('reason', '')})").replace("; )", ")")
+    return (
+        f"seeds auto: {seq.get('decision', 'undecided')} after {seq.get('seeds', '?')} seeds "
+        f"(anytime-valid 95% interval {interval}; {seq.get('reason', '')})"
+    ).replace("; )", ")")
 
 
 def verdict_line(arm: dict[str, Any], baseline: str) -> str:
@@ -142,18 +147,24 @@ def verdict_line(arm: dict[str, Any], baseline: str) -> str:
     n = vs.get("n", 0)
     verdict = vs.get("verdict", "not enough seeds")
     seq = arm.get("sequential")
-    if seq and not vs.get("withheld"):  # seeds auto: the anytime-valid decision is the verdict (docs/compare.md)
+    if seq and not vs.get(
+        "withheld"
+    ):  # seeds auto: the anytime-valid decision is the verdict (docs/compare.md)
         verdict = sequential_verdict(seq.get("decision"), vs.get("threshold"), verdict)
     head = f"{arm['label']} vs {baseline}: {verdict}"
     if not n:
         if vs.get("withheld"):
             return f"{head} — WITHHELD: {vs['withheld']}"
         return f"{head} — no seed has a final BPB for both arms yet"
-    parts = [f"Δ {fmt_delta(vs, mark=False)} BPB over {n} paired seed{'s' if n != 1 else ''}",
-             f"{vs['wins']} of {n} seeds favour the arm"]
+    parts = [
+        f"Δ {fmt_delta(vs, mark=False)} BPB over {n} paired seed{'s' if n != 1 else ''}",
+        f"{vs['wins']} of {n} seeds favour the arm",
+    ]
     if n >= 2:
-        parts.append(f"p = {fmt_p(vs.get('p_ttest'))} (t) / "
-                     f"{fmt_p(vs.get('p_permutation'), vs.get('permutation_exact'))} (sign-flip)")
+        parts.append(
+            f"p = {fmt_p(vs.get('p_ttest'))} (t) / "
+            f"{fmt_p(vs.get('p_permutation'), vs.get('permutation_exact'))} (sign-flip)"
+        )
         if is_number(vs.get("p_wilcoxon")):
             parts.append(f"Wilcoxon p = {fmt_p(vs['p_wilcoxon'])}")
     power = fmt_power(vs, anytime=bool(seq))
@@ -162,8 +173,11 @@ def verdict_line(arm: dict[str, Any], baseline: str) -> str:
     if seq:
         parts.append(fmt_sequential(seq, vs))
     # What the verdict does not see must be said next to it, not only in the notes.
-    excluded = [f"seed {r['seed']} {r['status']}" for r in arm.get("runs", [])
-                if r.get("status") in ("failed", "diverged", "interrupted", "running", "LEAK")]
+    excluded = [
+        f"seed {r['seed']} {r['status']}"
+        for r in arm.get("runs", [])
+        if r.get("status") in ("failed", "diverged", "interrupted", "running", "LEAK")
+    ]
     if excluded:
         parts.append("EXCLUDED from the pairing: " + ", ".join(excluded))
     if vs.get("withheld"):
@@ -176,15 +190,19 @@ def verdict_line(arm: dict[str, Any], baseline: str) -> str:
 def _eval_protocol(p: dict[str, Any] | None) -> str:
     if not p:
         return "no final evaluation yet"
-    bits = [f"{p['split']} split" if p.get("split") else None, p.get("subset"),
-            f"seq_len {p['seq_len']}" if p.get("seq_len") is not None else None,
-            f"stride {p['stride']}" if p.get("stride") is not None else None,
-            f"{fmt_count(p['windows'])} windows" if is_number(p.get("windows")) else None,
-            f"{fmt_count(p['bytes'])} bytes" if is_number(p.get("bytes")) else None]
+    bits = [
+        f"{p['split']} split" if p.get("split") else None,
+        p.get("subset"),
+        f"seq_len {p['seq_len']}" if p.get("seq_len") is not None else None,
+        f"stride {p['stride']}" if p.get("stride") is not None else None,
+        f"{fmt_count(p['windows'])} windows" if is_number(p.get("windows")) else None,
+        f"{fmt_count(p['bytes'])} bytes" if is_number(p.get("bytes")) else None,
+    ]
     return ", ".join(b for b in bits if b)
 
 
 # -- report.md --------------------------------------------------------------------------------------
+
 
 def _cell(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
@@ -194,8 +212,9 @@ def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 
-def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None,
-                    plot_error: str | None = None) -> str:
+def render_markdown(
+    results: dict[str, Any], plots: dict[str, Any] | None = None, plot_error: str | None = None
+) -> str:
     """report.md as text (``plots``: the PNG names written next to it)."""
     arms = results.get("arms", [])
     baseline = results.get("baseline")
@@ -204,20 +223,29 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None
     threshold = results.get("threshold", 0.005)
     out: list[str] = [f"# lumi compare: {results.get('name', '')}", ""]
 
-    out.append(f"- Matched: **{match}** ({MATCH_MEANING.get(match, match)}; everything else is shown next to "
-               "the BPB)")
+    out.append(
+        f"- Matched: **{match}** ({MATCH_MEANING.get(match, match)}; everything else is shown next to "
+        "the BPB)"
+    )
     plans = [(a["label"], a["plan"]) for a in arms if a.get("plan")]
     budget = f"- Budget: {results.get('budget')}"
     if plans:
         budget += " — per arm: " + ", ".join(
-            f"{label} {p.get('budget', '?')}" + (f" ({fmt_count(p['tokens'])} tokens)" if is_number(p.get("tokens"))
-                                                  else "") for label, p in plans)
+            f"{label} {p.get('budget', '?')}"
+            + (f" ({fmt_count(p['tokens'])} tokens)" if is_number(p.get("tokens")) else "")
+            for label, p in plans
+        )
     out.append(budget)
     mixed = len({a.get("tokenizer") for a in arms if a.get("tokenizer")}) > 1
-    out.append(f"- Seeds: {', '.join(str(s) for s in results.get('seeds', []))} (seed k gives every arm the same "
-               + ("initialisation seed; arms with different tokenizers do not see the same text per step, so the "
-                  "pairing by seed removes less noise)" if mixed else
-                  "initialisation seed and the same batches: differences are paired by seed)"))
+    out.append(
+        f"- Seeds: {', '.join(str(s) for s in results.get('seeds', []))} (seed k gives every arm the same "
+        + (
+            "initialisation seed; arms with different tokenizers do not see the same text per step, so the "
+            "pairing by seed removes less noise)"
+            if mixed
+            else "initialisation seed and the same batches: differences are paired by seed)"
+        )
+    )
     out.append(f"- Baseline: **{baseline}**")
     data_text = f"corpus `{data.get('corpus', '?')}`, tokenizer `{data.get('tokenizer', '?')}`"
     tokenizers = {a.get("tokenizer") for a in arms if a.get("tokenizer")}
@@ -227,9 +255,11 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None
         data_text += f", prepared in `{data['dir']}`"
     out.append(f"- Data: {data_text}")
     out.append(f"- Eval protocol (final val BPB): {_eval_protocol(results.get('eval_protocol'))}")
-    out.append("- Verdict rule: Δ = BPB(arm) − BPB(baseline) per seed, Δ < 0 favours the arm; ✓ (better / worse) "
-               f"when |mean Δ| ≥ {threshold:g} BPB **and** the 95% t confidence interval excludes 0, else "
-               "no clear difference; p = paired t-test / exact sign-flip permutation test")
+    out.append(
+        "- Verdict rule: Δ = BPB(arm) − BPB(baseline) per seed, Δ < 0 favours the arm; ✓ (better / worse) "
+        f"when |mean Δ| ≥ {threshold:g} BPB **and** the 95% t confidence interval excludes 0, else "
+        "no clear difference; p = paired t-test / exact sign-flip permutation test"
+    )
     env = results.get("env")
     if isinstance(env, dict) and env:
         scalars = [f"{k} {v}" for k, v in env.items() if isinstance(v, (str, int, float, bool)) and v != ""]
@@ -237,22 +267,54 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None
             out.append(f"- Environment: {', '.join(scalars[:10])}")
     out.append("")
 
-    out += ["## Results", "",
-            _row(["arm", "params", "non-emb params", "FLOPs/token", "tokens", "FLOPs", "wall", "tok/s", "val BPB",
-                  "Δ vs baseline [95% CI]", "p (t / sign-flip)", "wins", "status"]),
-            "|" + "---|" * 13]
+    out += [
+        "## Results",
+        "",
+        _row(
+            [
+                "arm",
+                "params",
+                "non-emb params",
+                "FLOPs/token",
+                "tokens",
+                "FLOPs",
+                "wall",
+                "tok/s",
+                "val BPB",
+                "Δ vs baseline [95% CI]",
+                "p (t / sign-flip)",
+                "wins",
+                "status",
+            ]
+        ),
+        "|" + "---|" * 13,
+    ]
     for a in arms:
         vs = a.get("vs_baseline")
-        out.append(_row([a["label"], fmt_count(a.get("params")), fmt_count(a.get("non_embedding_params")),
-                         fmt_count(a.get("flops_per_token")), fmt_count(arm_mean(a, "tokens")),
-                         fmt_count(arm_mean(a, "flops")), fmt_wall(arm_mean(a, "wall_s")),
-                         fmt_count(arm_mean(a, "tok_per_s")), fmt_bpb(a.get("bpb")),
-                         "baseline" if a.get("is_baseline") else fmt_delta(vs),
-                         DASH if a.get("is_baseline") else fmt_ps(vs),
-                         DASH if a.get("is_baseline") else fmt_wins(vs), arm_status(a)]))
+        out.append(
+            _row(
+                [
+                    a["label"],
+                    fmt_count(a.get("params")),
+                    fmt_count(a.get("non_embedding_params")),
+                    fmt_count(a.get("flops_per_token")),
+                    fmt_count(arm_mean(a, "tokens")),
+                    fmt_count(arm_mean(a, "flops")),
+                    fmt_wall(arm_mean(a, "wall_s")),
+                    fmt_count(arm_mean(a, "tok_per_s")),
+                    fmt_bpb(a.get("bpb")),
+                    "baseline" if a.get("is_baseline") else fmt_delta(vs),
+                    DASH if a.get("is_baseline") else fmt_ps(vs),
+                    DASH if a.get("is_baseline") else fmt_wins(vs),
+                    arm_status(a),
+                ]
+            )
+        )
     out.append("")
-    out.append("val BPB: mean ± std (ddof 1) over the arm's completed seeds; Δ, p and wins over the seeds both the "
-               "arm and the baseline completed; wall and tok/s: mean over runs.")
+    out.append(
+        "val BPB: mean ± std (ddof 1) over the arm's completed seeds; Δ, p and wins over the seeds both the "
+        "arm and the baseline completed; wall and tok/s: mean over runs."
+    )
     out.append("")
 
     others = [a for a in arms if not a.get("is_baseline")]
@@ -263,19 +325,37 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None
     out += seeds_rule_lines(results.get("seeds_rule"))
     out += tuning_lines(results.get("tuning"))
 
-    out += ["## Every seed", "", _row(["arm", "seed", "status", "val BPB", "Δ", "steps", "tokens", "wall",
-                                       "diagnoses"]), "|" + "---|" * 9]
+    out += [
+        "## Every seed",
+        "",
+        _row(["arm", "seed", "status", "val BPB", "Δ", "steps", "tokens", "wall", "diagnoses"]),
+        "|" + "---|" * 9,
+    ]
     base_arm = next((a for a in arms if a.get("is_baseline")), None)
-    base_bpb = {r["seed"]: r.get("final_val_bpb") for r in (base_arm or {}).get("runs", []) if r.get("usable")}
+    base_bpb = {
+        r["seed"]: r.get("final_val_bpb") for r in (base_arm or {}).get("runs", []) if r.get("usable")
+    }
     for a in arms:
         for r in a.get("runs", []):
             bpb = r.get("final_val_bpb") if r.get("usable") else None
             delta = DASH
             if not a.get("is_baseline") and is_number(bpb) and is_number(base_bpb.get(r["seed"])):
                 delta = f"{bpb - base_bpb[r['seed']]:+.4f}"
-            out.append(_row([a["label"], r["seed"], r.get("status", DASH), f"{bpb:.4f}" if is_number(bpb) else DASH,
-                             delta, r["steps"] if is_number(r.get("steps")) else DASH, fmt_count(r.get("tokens")),
-                             fmt_wall(r.get("wall_s")), ", ".join(d["label"] for d in r.get("diagnoses", []))]))
+            out.append(
+                _row(
+                    [
+                        a["label"],
+                        r["seed"],
+                        r.get("status", DASH),
+                        f"{bpb:.4f}" if is_number(bpb) else DASH,
+                        delta,
+                        r["steps"] if is_number(r.get("steps")) else DASH,
+                        fmt_count(r.get("tokens")),
+                        fmt_wall(r.get("wall_s")),
+                        ", ".join(d["label"] for d in r.get("diagnoses", [])),
+                    ]
+                )
+            )
     out.append("")
 
     out += ["## Checks (`lumi check`)", ""]
@@ -289,13 +369,19 @@ def render_markdown(results: dict[str, Any], plots: dict[str, Any] | None = None
         if not failed:
             out.append(f"- {a['label']}: passed ({len(res)}/{len(res)} checks)")
         else:
-            out.append(f"- {a['label']}: **FAILED** {len(failed)} of {len(res)} checks — "
-                       + "; ".join(f"{r.get('name')}: {r.get('detail')}" for r in failed))
+            out.append(
+                f"- {a['label']}: **FAILED** {len(failed)} of {len(res)} checks — "
+                + "; ".join(f"{r.get('name')}: {r.get('detail')}" for r in failed)
+            )
     out.append("")
 
     out += ["## Diagnoses", ""]
-    diag_lines = [f"- {a['label']} seed {r['seed']}: **{d['label']}** — {d['detail']}"
-                  for a in arms for r in a.get("runs", []) for d in r.get("diagnoses", [])]
+    diag_lines = [
+        f"- {a['label']} seed {r['seed']}: **{d['label']}** — {d['detail']}"
+        for a in arms
+        for r in a.get("runs", [])
+        for d in r.get("diagnoses", [])
+    ]
     out += diag_lines or ["- none"]
     out.append("")
 
@@ -316,13 +402,17 @@ def seeds_rule_lines(rule: dict[str, Any] | None) -> list[str]:
     """'## Adaptive seeds': the stop rule, each round's decisions and why it stopped (seeds: auto)."""
     if not rule:
         return []
-    out = ["## Adaptive seeds", "",
-           f"- Rule: seeds auto:{rule.get('max_seeds')} — from {rule.get('min_seeds')} seeds, one more seed per arm "
-           f"until every arm is decided: better / worse (the anytime-valid {100 * (1 - rule.get('alpha', 0.05)):g}% "
-           "interval excludes 0 and |mean Δ| ≥ the threshold) or equivalent (the interval lies inside ± the "
-           "threshold)",
-           f"- Method: {rule.get('method')} (τ² = {rule.get('tau2'):g}): valid however often the seeds are looked at",
-           f"- Stopped after {rule.get('stopped_after')} seeds: {rule.get('stop_reason')}", ""]
+    out = [
+        "## Adaptive seeds",
+        "",
+        f"- Rule: seeds auto:{rule.get('max_seeds')} — from {rule.get('min_seeds')} seeds, one more seed per arm "
+        f"until every arm is decided: better / worse (the anytime-valid {100 * (1 - rule.get('alpha', 0.05)):g}% "
+        "interval excludes 0 and |mean Δ| ≥ the threshold) or equivalent (the interval lies inside ± the "
+        "threshold)",
+        f"- Method: {rule.get('method')} (τ² = {rule.get('tau2'):g}): valid however often the seeds are looked at",
+        f"- Stopped after {rule.get('stopped_after')} seeds: {rule.get('stop_reason')}",
+        "",
+    ]
     rounds = rule.get("rounds") or []
     if rounds:
         labels = list(rounds[0].get("decisions", {}))
@@ -337,35 +427,60 @@ def tuning_lines(tuning: dict[str, Any] | None) -> list[str]:
     if not tuning:
         return []
     grid = tuning.get("grid")
-    grid_text = "auto (5 points ×/÷ 2 apart around each arm's own lr)" if grid == "auto" else \
-        ", ".join(f"{v:g}" for v in grid or [])
+    grid_text = (
+        "auto (5 points ×/÷ 2 apart around each arm's own lr)"
+        if grid == "auto"
+        else ", ".join(f"{v:g}" for v in grid or [])
+    )
     splits = tuning.get("split") or {}
-    split_text = "; ".join(f"{tok}: training tokens {sp.get('cut_token'):,}–{sp.get('parent_train_tokens'):,}, the "
-                           f"last ~{100 * sp.get('fraction', 0):g}% cut at a document boundary"
-                           for tok, sp in splits.items())
-    out = ["## Tuning", "",
-           f"- Tuned: {tuning.get('param')} over grid {grid_text}; every arm gets the same rules: seed "
-           f"{tuning.get('seed')}, {tuning.get('fraction'):g} × its matched budget",
-           f"- Scored on the tuning split, never on validation ({split_text}); tuning runs train on the rest",
-           "", _row(["arm", "value", "tuning-split BPB", "status", "steps", "tokens", "wall", "chosen"]),
-           "|" + "---|" * 8]
+    split_text = "; ".join(
+        f"{tok}: training tokens {sp.get('cut_token'):,}–{sp.get('parent_train_tokens'):,}, the "
+        f"last ~{100 * sp.get('fraction', 0):g}% cut at a document boundary"
+        for tok, sp in splits.items()
+    )
+    out = [
+        "## Tuning",
+        "",
+        f"- Tuned: {tuning.get('param')} over grid {grid_text}; every arm gets the same rules: seed "
+        f"{tuning.get('seed')}, {tuning.get('fraction'):g} × its matched budget",
+        f"- Scored on the tuning split, never on validation ({split_text}); tuning runs train on the rest",
+        "",
+        _row(["arm", "value", "tuning-split BPB", "status", "steps", "tokens", "wall", "chosen"]),
+        "|" + "---|" * 8,
+    ]
     total = {"runs": 0, "tokens": 0, "seconds": 0.0}
     for label, arm in (tuning.get("arms") or {}).items():
         for p in arm.get("points", []):
             bpb = f"{p['tune_bpb']:.4f}" if is_number(p.get("tune_bpb")) else p.get("status", DASH)
-            out.append(_row([label, f"{p['value']:g}", bpb, p.get("status", DASH),
-                             p["steps"] if is_number(p.get("steps")) else DASH, fmt_count(p.get("tokens")),
-                             fmt_wall(p.get("wall_s")), "✓" if p["value"] == arm.get("chosen") else ""]))
+            out.append(
+                _row(
+                    [
+                        label,
+                        f"{p['value']:g}",
+                        bpb,
+                        p.get("status", DASH),
+                        p["steps"] if is_number(p.get("steps")) else DASH,
+                        fmt_count(p.get("tokens")),
+                        fmt_wall(p.get("wall_s")),
+                        "✓" if p["value"] == arm.get("chosen") else "",
+                    ]
+                )
+            )
         for k in total:
             total[k] += (arm.get("cost") or {}).get(k) or 0
     out.append("")
     for label, arm in (tuning.get("arms") or {}).items():
         cost = arm.get("cost") or {}
-        out.append(f"- {label}: chosen {tuning.get('param')} = {arm.get('chosen'):g} (tuning-split BPB "
-                   f"{arm.get('chosen_tune_bpb'):.4f}); cost {cost.get('runs')} runs, {fmt_count(cost.get('tokens'))} "
-                   f"tokens, {fmt_wall(cost.get('seconds'))}" + "".join(f"; {n}" for n in arm.get("notes", [])))
-    out += [f"- Tuning cost in all: {total['runs']} runs, {fmt_count(total['tokens'])} tokens, "
-            f"{fmt_wall(total['seconds'])} of training", ""]
+        out.append(
+            f"- {label}: chosen {tuning.get('param')} = {arm.get('chosen'):g} (tuning-split BPB "
+            f"{arm.get('chosen_tune_bpb'):.4f}); cost {cost.get('runs')} runs, {fmt_count(cost.get('tokens'))} "
+            f"tokens, {fmt_wall(cost.get('seconds'))}" + "".join(f"; {n}" for n in arm.get("notes", []))
+        )
+    out += [
+        f"- Tuning cost in all: {total['runs']} runs, {fmt_count(total['tokens'])} tokens, "
+        f"{fmt_wall(total['seconds'])} of training",
+        "",
+    ]
     return out
 
 
@@ -397,25 +512,50 @@ def write_report(results: dict[str, Any], comp_dir: str | Path, make_plots: bool
 
 # -- terminal ---------------------------------------------------------------------------------------
 
+
 def print_table(results: dict[str, Any], file: TextIO | None = None) -> None:
     """The comparison as a plain-text table with one verdict line per arm (for the terminal)."""
     f = file if file is not None else sys.stdout
     arms = results.get("arms", [])
     baseline = results.get("baseline")
     seeds = ", ".join(str(s) for s in results.get("seeds", []))
-    print(f"lumi compare: {results.get('name', '')} — matched {results.get('matched')}, budget "
-          f"{results.get('budget')}, seeds {seeds}, baseline {baseline}", file=f)
-    header = ["arm", "params", "FLOPs/tok", "tokens", "wall", "tok/s", "val BPB", f"Δ vs {baseline} [95% CI]",
-              "p t / sign-flip", "wins", "status"]
+    print(
+        f"lumi compare: {results.get('name', '')} — matched {results.get('matched')}, budget "
+        f"{results.get('budget')}, seeds {seeds}, baseline {baseline}",
+        file=f,
+    )
+    header = [
+        "arm",
+        "params",
+        "FLOPs/tok",
+        "tokens",
+        "wall",
+        "tok/s",
+        "val BPB",
+        f"Δ vs {baseline} [95% CI]",
+        "p t / sign-flip",
+        "wins",
+        "status",
+    ]
     rows = [header]
     for a in arms:
         vs = a.get("vs_baseline")
         base = a.get("is_baseline")
-        rows.append([a["label"], fmt_count(a.get("params")), fmt_count(a.get("flops_per_token")),
-                     fmt_count(arm_mean(a, "tokens")), fmt_wall(arm_mean(a, "wall_s")),
-                     fmt_count(arm_mean(a, "tok_per_s")), fmt_bpb(a.get("bpb")),
-                     "baseline" if base else fmt_delta(vs), DASH if base else fmt_ps(vs),
-                     DASH if base else fmt_wins(vs), arm_status(a)])
+        rows.append(
+            [
+                a["label"],
+                fmt_count(a.get("params")),
+                fmt_count(a.get("flops_per_token")),
+                fmt_count(arm_mean(a, "tokens")),
+                fmt_wall(arm_mean(a, "wall_s")),
+                fmt_count(arm_mean(a, "tok_per_s")),
+                fmt_bpb(a.get("bpb")),
+                "baseline" if base else fmt_delta(vs),
+                DASH if base else fmt_ps(vs),
+                DASH if base else fmt_wins(vs),
+                arm_status(a),
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     left = {0, len(header) - 1}  # text columns left-aligned, numbers right-aligned
     for i, r in enumerate(rows):
@@ -428,21 +568,30 @@ def print_table(results: dict[str, Any], file: TextIO | None = None) -> None:
         print(file=f)
         for a in others:
             print(verdict_line(a, baseline), file=f)
-    print(f"✓ = |Δ| ≥ {results.get('threshold', 0.005):g} BPB and the 95% CI excludes 0; Δ < 0 favours the arm",
-          file=f)
+    print(
+        f"✓ = |Δ| ≥ {results.get('threshold', 0.005):g} BPB and the 95% CI excludes 0; Δ < 0 favours the arm",
+        file=f,
+    )
     rule = results.get("seeds_rule")
     if rule:
-        print(f"seeds auto:{rule.get('max_seeds')}: stopped after {rule.get('stopped_after')} seeds "
-              f"({rule.get('stop_reason')}); verdicts from an anytime-valid 95% interval", file=f)
+        print(
+            f"seeds auto:{rule.get('max_seeds')}: stopped after {rule.get('stopped_after')} seeds "
+            f"({rule.get('stop_reason')}); verdicts from an anytime-valid 95% interval",
+            file=f,
+        )
     tuning = results.get("tuning")
     if tuning:
         arms_t = tuning.get("arms") or {}
-        cost = {k: sum((a.get("cost") or {}).get(k) or 0 for a in arms_t.values())
-                for k in ("runs", "tokens", "seconds")}
-        print(f"tuned {tuning.get('param')} (on the tuning split, not validation): "
-              + ", ".join(f"{label} {a.get('chosen'):g}" for label, a in arms_t.items())
-              + f"; tuning cost {cost['runs']} runs, {fmt_count(cost['tokens'])} tokens, {fmt_wall(cost['seconds'])}",
-              file=f)
+        cost = {
+            k: sum((a.get("cost") or {}).get(k) or 0 for a in arms_t.values())
+            for k in ("runs", "tokens", "seconds")
+        }
+        print(
+            f"tuned {tuning.get('param')} (on the tuning split, not validation): "
+            + ", ".join(f"{label} {a.get('chosen'):g}" for label, a in arms_t.items())
+            + f"; tuning cost {cost['runs']} runs, {fmt_count(cost['tokens'])} tokens, {fmt_wall(cost['seconds'])}",
+            file=f,
+        )
     notes = results.get("notes") or []
     if notes:
         print("\nnotes:", file=f)

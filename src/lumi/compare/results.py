@@ -61,8 +61,10 @@ def _descending_note(label: str, runs: list[dict[str, Any]]) -> str | None:
         return None
     seeds = ", ".join(str(s) for s, _ in falls)
     what = "; ".join(f"seed {s}: {f}" for s, f in falls) if len(falls) > 1 else falls[0][1]
-    return (f"{label} seed{'s' if len(falls) > 1 else ''} {seeds}: still descending over the last "
-            f"{round(100 * TAIL_FRACTION)}% of tokens ({what}): a longer budget may change the ranking")
+    return (
+        f"{label} seed{'s' if len(falls) > 1 else ''} {seeds}: still descending over the last "
+        f"{round(100 * TAIL_FRACTION)}% of tokens ({what}): a longer budget may change the ranking"
+    )
 
 
 def untrustworthy(arm: dict[str, Any]) -> tuple[str, str] | None:
@@ -94,13 +96,18 @@ def withhold_verdict(vs: dict[str, Any], arm: dict[str, Any], baseline: dict[str
         bad = untrustworthy(who)
         if bad is not None:
             kind, why = bad
-            return {**vs, "verdict": f"no verdict ({kind})", "clears_threshold": False,
-                    "withheld": f"{side} {who['label']} is {kind}: {why}"}
+            return {
+                **vs,
+                "verdict": f"no verdict ({kind})",
+                "clears_threshold": False,
+                "withheld": f"{side} {who['label']} is {kind}: {why}",
+            }
     return vs
 
 
-def collect_run(run_dir: Path, seed: int, check_passed: bool | None = None,
-                check_detail: str | None = None) -> dict[str, Any]:
+def collect_run(
+    run_dir: Path, seed: int, check_passed: bool | None = None, check_detail: str | None = None
+) -> dict[str, Any]:
     """One run's entry: status, numbers, diagnoses and validation curve (status 'missing' without a summary)."""
     summary = read_summary(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
@@ -111,8 +118,14 @@ def collect_run(run_dir: Path, seed: int, check_passed: bool | None = None,
     if leak and status == "completed":
         status = LEAK  # trained to the end, but its BPB cannot be trusted: never paired, never a verdict
     _, evals = split_rows(rows)
-    run: dict[str, Any] = {"seed": seed, "status": status, "usable": status == "completed" and final is not None,
-                           "run_dir": str(run_dir), "leak": leak, "causality_audit": s.get("causality_audit")}
+    run: dict[str, Any] = {
+        "seed": seed,
+        "status": status,
+        "usable": status == "completed" and final is not None,
+        "run_dir": str(run_dir),
+        "leak": leak,
+        "causality_audit": s.get("causality_audit"),
+    }
     for key in RUN_FIELDS:
         run[key] = s.get(key)
     run["final_val_bpb"] = final
@@ -124,9 +137,14 @@ def collect_run(run_dir: Path, seed: int, check_passed: bool | None = None,
     return run
 
 
-def collect_results(spec: Any, comp_dir: str | Path, checks: dict[str, Any] | None = None,
-                    plans: dict[str, Any] | None = None, env: dict[str, Any] | None = None,
-                    notes: list[str] | None = None) -> dict[str, Any]:
+def collect_results(
+    spec: Any,
+    comp_dir: str | Path,
+    checks: dict[str, Any] | None = None,
+    plans: dict[str, Any] | None = None,
+    env: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
     """Everything the report needs, from comp_dir/runs/<arm.dirname>/seed-<k>/ of every arm and seed.
 
     ``checks``: label -> CheckReport.to_dict(); ``plans``: label -> the arm's plan (steps, tokens,
@@ -146,11 +164,15 @@ def collect_results(spec: Any, comp_dir: str | Path, checks: dict[str, Any] | No
         check_passed = bool(check.get("passed")) if check is not None and "passed" in check else None
         failed_check = first_failed_check(check) if check_passed is False else None
         plan = plans.get(label)
-        runs = [collect_run(comp_dir / "runs" / arm.dirname / f"seed-{seed}", seed, check_passed, failed_check)
-                for seed in spec.seeds]
+        runs = [
+            collect_run(comp_dir / "runs" / arm.dirname / f"seed-{seed}", seed, check_passed, failed_check)
+            for seed in spec.seeds
+        ]
 
         facts: dict[str, Any] = {k: None for k in FACT_FIELDS}
-        src = next((r["_summary"] for r in runs if r["_summary"] and r["_summary"].get("params") is not None), None)
+        src = next(
+            (r["_summary"] for r in runs if r["_summary"] and r["_summary"].get("params") is not None), None
+        )
         if src is not None:
             facts = {k: src.get(k) for k in FACT_FIELDS}
         elif plan:
@@ -162,7 +184,9 @@ def collect_results(spec: Any, comp_dir: str | Path, checks: dict[str, Any] | No
         # Notes: what went wrong with each run, then the check, then the statistics.
         for r in runs:
             if r["status"] in NOTE_STATUSES:
-                all_notes.append(f"{label} seed {r['seed']}: {r['status']}" + (f": {r['error']}" if r["error"] else ""))
+                all_notes.append(
+                    f"{label} seed {r['seed']}: {r['status']}" + (f": {r['error']}" if r["error"] else "")
+                )
         descending = _descending_note(label, runs)
         if descending:
             all_notes.append(descending)
@@ -175,14 +199,25 @@ def collect_results(spec: Any, comp_dir: str | Path, checks: dict[str, Any] | No
             if r["leak"]:
                 all_notes.append(f"{label} seed {r['seed']}: LEAK, excluded from every verdict: {r['leak']}")
 
-        arms.append({
-            "label": label, "model": arm.name, "preset": arm.preset, "overrides": dict(arm.overrides),
-            "files": list(arm.files), "tokenizer": spec.tokenizer_of(arm),
-            "is_baseline": label == spec.baseline, **facts, "plan": plan, "check": check,
-            "check_passed": check_passed,
-            "bpb": summarize({r["seed"]: r["final_val_bpb"] for r in runs if r["usable"]}).to_dict(),
-            "vs_baseline": None, "status": status_text([r["status"] for r in runs]), "runs": runs,
-        })
+        arms.append(
+            {
+                "label": label,
+                "model": arm.name,
+                "preset": arm.preset,
+                "overrides": dict(arm.overrides),
+                "files": list(arm.files),
+                "tokenizer": spec.tokenizer_of(arm),
+                "is_baseline": label == spec.baseline,
+                **facts,
+                "plan": plan,
+                "check": check,
+                "check_passed": check_passed,
+                "bpb": summarize({r["seed"]: r["final_val_bpb"] for r in runs if r["usable"]}).to_dict(),
+                "vs_baseline": None,
+                "status": status_text([r["status"] for r in runs]),
+                "runs": runs,
+            }
+        )
 
     # Paired statistics need every arm's values, so they come once all arms are read.
     base = next(a for a in arms if a["is_baseline"])
@@ -199,8 +234,19 @@ def collect_results(spec: Any, comp_dir: str | Path, checks: dict[str, Any] | No
     for a in arms:
         for r in a["runs"]:
             del r["_summary"]
-    return json_safe({
-        "name": spec.name, "spec": spec.to_dict(), "matched": spec.match, "budget": spec.budget,
-        "seeds": list(spec.seeds), "baseline": spec.baseline, "threshold": spec.threshold,
-        "data": dict(spec.data), "eval_protocol": protocol, "env": env, "notes": all_notes, "arms": arms,
-    })
+    return json_safe(
+        {
+            "name": spec.name,
+            "spec": spec.to_dict(),
+            "matched": spec.match,
+            "budget": spec.budget,
+            "seeds": list(spec.seeds),
+            "baseline": spec.baseline,
+            "threshold": spec.threshold,
+            "data": dict(spec.data),
+            "eval_protocol": protocol,
+            "env": env,
+            "notes": all_notes,
+            "arms": arms,
+        }
+    )

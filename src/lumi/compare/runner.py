@@ -14,9 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 STOP_GRACE_S = 300.0  # a child finishing its step + checkpoint after SIGINT; then it is terminated
 
@@ -43,7 +43,11 @@ class RunJob:
         if self.resume:
             # `lumi train --resume` never imports plugins named in the run directory: pass the user's files,
             # read from the config compare has just written from the user's spec (not from the run).
-            return base + ["--resume", str(self.run_dir)] + [a for f in self.plugin_files() for a in ("--model-file", f)]
+            return (
+                base
+                + ["--resume", str(self.run_dir)]
+                + [a for f in self.plugin_files() for a in ("--model-file", f)]
+            )
         return base + ["--config", str(self.config_path), "--out", str(self.run_dir)]
 
     def plugin_files(self) -> list[str]:
@@ -56,9 +60,14 @@ class RunJob:
         return [str(f) for f in (cfg.get("model") or {}).get("files") or []]
 
 
-def run_jobs(jobs: list[RunJob], parallel: int, on_start: Callable[[RunJob], None],
-             on_end: Callable[[RunJob], None], on_tick: Callable[[list[RunJob]], None],
-             tick_s: float = 0.5) -> None:
+def run_jobs(
+    jobs: list[RunJob],
+    parallel: int,
+    on_start: Callable[[RunJob], None],
+    on_end: Callable[[RunJob], None],
+    on_tick: Callable[[list[RunJob]], None],
+    tick_s: float = 0.5,
+) -> None:
     """Run ``jobs`` in order, ``parallel`` at a time. KeyboardInterrupt (Ctrl-C or SIGTERM) stops them cleanly."""
     pending = list(jobs)
     running: list[RunJob] = []
@@ -92,8 +101,14 @@ def _start(job: RunJob) -> None:
     log.flush()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     job.started = time.time()
-    job.process = subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=env, start_new_session=True)
+    job.process = subprocess.Popen(
+        job.command(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
     log.close()  # the child holds its own descriptor
 
 
@@ -132,7 +147,7 @@ def _sigterm_as_interrupt():
         yield
         return
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, handler)

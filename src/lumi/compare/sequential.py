@@ -53,8 +53,9 @@ def cs_half_width(n: int, std: float, alpha: float = ALPHA, tau2: float = TAU2) 
     return float(std) * math.sqrt((n - 1) / n * r_star / (1.0 - r_star))
 
 
-def confidence_sequence(d: np.ndarray | list[float], alpha: float = ALPHA,
-                        tau2: float = TAU2) -> tuple[float, float]:
+def confidence_sequence(
+    d: np.ndarray | list[float], alpha: float = ALPHA, tau2: float = TAU2
+) -> tuple[float, float]:
     """(low, high) of the anytime-valid interval for the mean of ``d``; (-inf, inf) with fewer than 2 values."""
     d = np.asarray(d, dtype=np.float64).ravel()
     if len(d) < 2:
@@ -84,9 +85,14 @@ class SeedsRule:
     min_seeds: int = AUTO_MIN_SEEDS
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": "auto", **asdict(self), "alpha": ALPHA, "tau2": TAU2,
-                "method": "scale-invariant normal-mixture (t-mixture) confidence sequence, Lai 1976 / "
-                          "Wang & Ramdas 2023"}
+        return {
+            "rule": "auto",
+            **asdict(self),
+            "alpha": ALPHA,
+            "tau2": TAU2,
+            "method": "scale-invariant normal-mixture (t-mixture) confidence sequence, Lai 1976 / "
+            "Wang & Ramdas 2023",
+        }
 
 
 def parse_auto_seeds(value: Any) -> int | None:
@@ -103,8 +109,10 @@ def parse_auto_seeds(value: Any) -> int | None:
         raise LumiError(f"seeds {value!r} must be auto or auto:MAX (e.g. auto:8)")
     n = int(rest[1:])
     if n < AUTO_MIN_SEEDS:
-        raise LumiError(f"seeds {value!r}: MAX must be >= {AUTO_MIN_SEEDS} (the confidence sequence needs "
-                        f"{AUTO_MIN_SEEDS} seeds to bound anything)")
+        raise LumiError(
+            f"seeds {value!r}: MAX must be >= {AUTO_MIN_SEEDS} (the confidence sequence needs "
+            f"{AUTO_MIN_SEEDS} seeds to bound anything)"
+        )
     return n
 
 

@@ -17,8 +17,21 @@ from lumi.errors import LumiError, closest
 
 MATCHES = ("tokens", "flops", "time")
 DEFAULT_THRESHOLD = 0.005
-SPEC_KEYS = ("name", "arms", "baseline", "seeds", "budget", "match", "threshold", "jobs", "data", "train", "optim",
-             "allow_leaky", "tune")
+SPEC_KEYS = (
+    "name",
+    "arms",
+    "baseline",
+    "seeds",
+    "budget",
+    "match",
+    "threshold",
+    "jobs",
+    "data",
+    "train",
+    "optim",
+    "allow_leaky",
+    "tune",
+)
 DATA_KEYS = ("corpus", "tokenizer", "dir")
 
 FALLBACK_BUDGET = "160steps"  # a YAML spec without budget:
@@ -40,8 +53,14 @@ DEFAULT_COMPARISON: dict[str, Any] = {
     "threshold": DEFAULT_THRESHOLD,
     "jobs": 2,
     "data": {"corpus": "shakespeare", "tokenizer": "bpe:4096"},
-    "train": {"seq_len": 128, "batch_size": 16, "eval_every_steps": 25, "eval_every_s": None,
-              "eval_tokens": 16384, "checkpoint_every_s": 30},
+    "train": {
+        "seq_len": 128,
+        "batch_size": 16,
+        "eval_every_steps": 25,
+        "eval_every_s": None,
+        "eval_tokens": 16384,
+        "checkpoint_every_s": 30,
+    },
     "optim": {},  # Lumi's default recipe (lumi.train.config.OptimSection), the same for both arms
 }
 
@@ -57,11 +76,15 @@ class CompareSpec:
     threshold: float = DEFAULT_THRESHOLD
     jobs: int = 1
     data: dict[str, Any] = field(default_factory=dict)
-    train: dict[str, Any] = field(default_factory=dict)  # shared by every arm (seq_len, batch_size, evals ...)
+    train: dict[str, Any] = field(
+        default_factory=dict
+    )  # shared by every arm (seq_len, batch_size, evals ...)
     optim: dict[str, Any] = field(default_factory=dict)  # shared; an arm's own optim goes on top
     allow_leaky: bool = False
     seeds_max: int | None = None  # seeds: auto[:MAX]: one seed at a time up to this (lumi.compare.sequential)
-    tune: dict[str, Any] | None = None  # {param: lr, grid: auto | [..], fraction}: per-arm sweep (lumi.compare.tune)
+    tune: dict[str, Any] | None = (
+        None  # {param: lr, grid: auto | [..], fraction}: per-arm sweep (lumi.compare.tune)
+    )
 
     def arm(self, label: str) -> Arm:
         for a in self.arms:
@@ -73,14 +96,25 @@ class CompareSpec:
         return arm.tokenizer or self.data["tokenizer"]
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"name": self.name, "arms": [a.to_dict() for a in self.arms], "baseline": self.baseline,
-             "seeds": list(self.seeds) if self.seeds_max is None else f"auto:{self.seeds_max}",
-             "budget": self.budget, "match": self.match, "threshold": self.threshold,
-             "jobs": self.jobs, "data": dict(self.data), "train": dict(self.train), "optim": dict(self.optim),
-             "allow_leaky": self.allow_leaky}
+        d = {
+            "name": self.name,
+            "arms": [a.to_dict() for a in self.arms],
+            "baseline": self.baseline,
+            "seeds": list(self.seeds) if self.seeds_max is None else f"auto:{self.seeds_max}",
+            "budget": self.budget,
+            "match": self.match,
+            "threshold": self.threshold,
+            "jobs": self.jobs,
+            "data": dict(self.data),
+            "train": dict(self.train),
+            "optim": dict(self.optim),
+            "allow_leaky": self.allow_leaky,
+        }
         if self.tune:  # only when set: specs saved before tuning existed stay equal
-            d["tune"] = {**self.tune, "grid": self.tune["grid"] if self.tune["grid"] == "auto" else
-                         list(self.tune["grid"])}
+            d["tune"] = {
+                **self.tune,
+                "grid": self.tune["grid"] if self.tune["grid"] == "auto" else list(self.tune["grid"]),
+            }
         return d
 
 
@@ -93,7 +127,9 @@ def load_spec_file(path: str | Path) -> dict[str, Any]:
 
     p = Path(path)
     if not p.is_file():
-        raise LumiError(f"comparison spec {str(p)!r} does not exist (expected a YAML file with arms:, seeds:, budget:)")
+        raise LumiError(
+            f"comparison spec {str(p)!r} does not exist (expected a YAML file with arms:, seeds:, budget:)"
+        )
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
@@ -116,8 +152,10 @@ def parse_seeds(value: Any) -> list[int]:
         items = value.split(",") if isinstance(value, str) else list(value)
         seeds = [int(str(s).strip()) for s in items]
     except (TypeError, ValueError):
-        raise LumiError(f"seeds must be a count (3 -> 0,1,2), a list of integers (0,5,7) or auto[:MAX] (add seeds "
-                        f"until the verdict is decided), got {value!r}") from None
+        raise LumiError(
+            f"seeds must be a count (3 -> 0,1,2), a list of integers (0,5,7) or auto[:MAX] (add seeds "
+            f"until the verdict is decided), got {value!r}"
+        ) from None
     if not seeds or any(s < 0 for s in seeds):
         raise LumiError(f"seeds must be a non-empty list of integers >= 0, got {value!r}")
     if len(set(seeds)) != len(seeds):
@@ -133,8 +171,9 @@ def auto_name(arms: list[Arm]) -> str:
     return name
 
 
-def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = None,
-                   base_dir: str | Path | None = None) -> CompareSpec:
+def spec_from_dict(
+    raw: dict[str, Any], where: str, default_name: str | None = None, base_dir: str | Path | None = None
+) -> CompareSpec:
     """Validate a spec mapping (YAML / command line / default); LumiError naming ``where`` and the field.
 
     Plugin ``files`` are made absolute here, relative to ``base_dir`` (the YAML file's folder) or the
@@ -143,12 +182,16 @@ def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = N
     raw = dict(raw)
     for key in raw:
         if key not in SPEC_KEYS:
-            raise LumiError(f"{where}: unknown key {key!r}{closest(str(key), list(SPEC_KEYS))}; "
-                            f"keys: {', '.join(SPEC_KEYS)}")
+            raise LumiError(
+                f"{where}: unknown key {key!r}{closest(str(key), list(SPEC_KEYS))}; "
+                f"keys: {', '.join(SPEC_KEYS)}"
+            )
     arms_raw = raw.get("arms")
     if not isinstance(arms_raw, list) or not arms_raw:
-        raise LumiError(f"{where}: arms must be a non-empty list (the first is the baseline), e.g. "
-                        f"[llama:micro, llama:micro+mlp=relu2]")
+        raise LumiError(
+            f"{where}: arms must be a non-empty list (the first is the baseline), e.g. "
+            f"[llama:micro, llama:micro+mlp=relu2]"
+        )
     arms: list[Arm] = []
     for i, item in enumerate(arms_raw):
         if isinstance(item, Arm):
@@ -161,42 +204,55 @@ def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = N
             except LumiError as e:
                 raise LumiError(f"{where}: arms[{i}]: {e}") from None
         else:
-            raise LumiError(f"{where}: arms[{i}] must be a string like llama:micro or a mapping with model:, "
-                            f"got {item!r}")
+            raise LumiError(
+                f"{where}: arms[{i}] must be a string like llama:micro or a mapping with model:, got {item!r}"
+            )
     labels = [a.label for a in arms]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
-        raise LumiError(f"{where}: every arm needs a unique label; {', '.join(map(repr, dupes))} appears more than "
-                        f"once (give one a label: relu2=llama:micro+mlp=relu2, or label: in YAML)")
+        raise LumiError(
+            f"{where}: every arm needs a unique label; {', '.join(map(repr, dupes))} appears more than "
+            f"once (give one a label: relu2=llama:micro+mlp=relu2, or label: in YAML)"
+        )
     dirs: dict[str, str] = {}
     for a in arms:
         if a.label in (".", "..") or a.dirname.strip(".") == "":
             raise LumiError(f"{where}: arm label {a.label!r} is not a usable directory name")
         other = dirs.setdefault(a.dirname.lower(), a.label)
         if other != a.label:
-            raise LumiError(f"{where}: arms {other!r} and {a.label!r} would share the run directory "
-                            f"runs/{a.dirname} (':' becomes '-'; case is ignored); give one another label")
+            raise LumiError(
+                f"{where}: arms {other!r} and {a.label!r} would share the run directory "
+                f"runs/{a.dirname} (':' becomes '-'; case is ignored); give one another label"
+            )
     for a in arms:
         a.files = [str((Path(base_dir or ".") / Path(f).expanduser()).resolve()) for f in a.files]
     baseline = raw.get("baseline") or labels[0]
     if baseline not in labels:
-        raise LumiError(f"{where}: baseline {baseline!r} is not one of the arms{closest(str(baseline), labels)}; "
-                        f"arms: {', '.join(labels)}")
+        raise LumiError(
+            f"{where}: baseline {baseline!r} is not one of the arms{closest(str(baseline), labels)}; "
+            f"arms: {', '.join(labels)}"
+        )
     match = str(raw.get("match") or "tokens")
     if match not in MATCHES:
-        raise LumiError(f"{where}: match {match!r} is not one of {', '.join(MATCHES)}{closest(match, list(MATCHES))}")
+        raise LumiError(
+            f"{where}: match {match!r} is not one of {', '.join(MATCHES)}{closest(match, list(MATCHES))}"
+        )
     threshold = raw.get("threshold", DEFAULT_THRESHOLD)
     try:
         if isinstance(threshold, bool):
             raise ValueError
         threshold = float(DEFAULT_THRESHOLD if threshold is None else threshold)
     except (TypeError, ValueError):
-        raise LumiError(f"{where}: threshold must be a number of BPB (e.g. 0.005), got {threshold!r}") from None
+        raise LumiError(
+            f"{where}: threshold must be a number of BPB (e.g. 0.005), got {threshold!r}"
+        ) from None
     if threshold < 0:
         raise LumiError(f"{where}: threshold must be >= 0, got {threshold}")
     jobs = raw.get("jobs", 1)
     try:
-        if isinstance(jobs, bool) or float(1 if jobs is None else jobs) != int(float(1 if jobs is None else jobs)):
+        if isinstance(jobs, bool) or float(1 if jobs is None else jobs) != int(
+            float(1 if jobs is None else jobs)
+        ):
             raise ValueError
         jobs = int(float(1 if jobs is None else jobs))
     except (TypeError, ValueError):
@@ -213,8 +269,10 @@ def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = N
     data = _section(raw, "data", where)
     for key in data:
         if key not in DATA_KEYS:
-            raise LumiError(f"{where}: unknown key data.{key}{closest(str(key), list(DATA_KEYS))}; "
-                            f"data keys: {', '.join(DATA_KEYS)}")
+            raise LumiError(
+                f"{where}: unknown key data.{key}{closest(str(key), list(DATA_KEYS))}; "
+                f"data keys: {', '.join(DATA_KEYS)}"
+            )
     data.setdefault("corpus", "shakespeare")
     data.setdefault("tokenizer", "bpe:4096")
     if data.get("dir") is None:
@@ -230,11 +288,22 @@ def spec_from_dict(raw: dict[str, Any], where: str, default_name: str | None = N
     except LumiError as e:
         raise LumiError(f"{where}: {e}") from None
     seeds = list(range(AUTO_MIN_SEEDS)) if seeds_max is not None else parse_seeds(raw.get("seeds", 2))
-    return CompareSpec(name=name, arms=arms, baseline=baseline, seeds=seeds, seeds_max=seeds_max,
-                       tune=tune_section(raw.get("tune"), where), budget=budget, match=match, threshold=threshold,
-                       jobs=jobs, data=data,
-                       train=_section(raw, "train", where), optim=_section(raw, "optim", where),
-                       allow_leaky=_flag(raw.get("allow_leaky", False), "allow_leaky", where))
+    return CompareSpec(
+        name=name,
+        arms=arms,
+        baseline=baseline,
+        seeds=seeds,
+        seeds_max=seeds_max,
+        tune=tune_section(raw.get("tune"), where),
+        budget=budget,
+        match=match,
+        threshold=threshold,
+        jobs=jobs,
+        data=data,
+        train=_section(raw, "train", where),
+        optim=_section(raw, "optim", where),
+        allow_leaky=_flag(raw.get("allow_leaky", False), "allow_leaky", where),
+    )
 
 
 def _flag(value: Any, key: str, where: str) -> bool:

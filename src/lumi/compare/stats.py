@@ -89,10 +89,10 @@ def sign_flip_p_value(d: np.ndarray) -> tuple[float, bool]:
     observed = abs(float(d.sum()))
     tol = SUM_RTOL * max(float(np.abs(d).sum()), 1e-300)
     if n <= EXACT_SIGN_FLIP_MAX_N:
-        patterns = np.arange(2 ** n, dtype=np.int64)[:, None]
+        patterns = np.arange(2**n, dtype=np.int64)[:, None]
         signs = 1.0 - 2.0 * ((patterns >> np.arange(n)) & 1)  # row p: bit k set -> flip d_k
         sums = np.abs(signs @ d)
-        return float(np.count_nonzero(sums >= observed - tol)) / 2 ** n, True
+        return float(np.count_nonzero(sums >= observed - tol)) / 2**n, True
     rng = np.random.default_rng(MONTE_CARLO_SEED)
     extreme, done, chunk = 0, 0, 20_000
     while done < MONTE_CARLO_SAMPLES:
@@ -147,7 +147,9 @@ class PairedComparison:
 SEEDS_NEEDED_CAP = 10_000
 
 
-def seeds_needed(mean: float | None, std: float | None, threshold: float, anytime: bool = False) -> int | None:
+def seeds_needed(
+    mean: float | None, std: float | None, threshold: float, anytime: bool = False
+) -> int | None:
     """Power: the smallest n at which, with the observed mean Δ and seed-to-seed spread sd(Δ), the verdict
     rule would resolve the threshold — the interval's half-width h(n) falls below the margin:
     |mean| when |mean| >= threshold (the interval then excludes 0: better / worse), else
@@ -184,8 +186,13 @@ def _half_width_factors(anytime: bool) -> np.ndarray:
     return _FACTORS[anytime]
 
 
-def compare_paired(label: str, baseline_label: str, arm_values: dict[int, float],
-                   baseline_values: dict[int, float], threshold: float = 0.005) -> PairedComparison:
+def compare_paired(
+    label: str,
+    baseline_label: str,
+    arm_values: dict[int, float],
+    baseline_values: dict[int, float],
+    threshold: float = 0.005,
+) -> PairedComparison:
     """Paired comparison of ``arm_values`` against ``baseline_values`` (seed -> final BPB).
 
     Only seeds both have (finite) are paired; the others are named in ``notes``. ✓
@@ -200,11 +207,15 @@ def compare_paired(label: str, baseline_label: str, arm_values: dict[int, float]
     missing_base = sorted(set(arm) - set(base))
     notes: list[str] = []
     if missing_arm:
-        notes.append(f"{label} has no result for seed(s) {_seed_list(missing_arm)}; "
-                     f"paired only seed(s) {_seed_list(seeds) or 'none'}")
+        notes.append(
+            f"{label} has no result for seed(s) {_seed_list(missing_arm)}; "
+            f"paired only seed(s) {_seed_list(seeds) or 'none'}"
+        )
     if missing_base:
-        notes.append(f"the baseline {baseline_label} has no result for seed(s) {_seed_list(missing_base)}; "
-                     f"paired only seed(s) {_seed_list(seeds) or 'none'}")
+        notes.append(
+            f"the baseline {baseline_label} has no result for seed(s) {_seed_list(missing_base)}; "
+            f"paired only seed(s) {_seed_list(seeds) or 'none'}"
+        )
 
     d = np.array([arm[k] - base[k] for k in seeds], dtype=np.float64)
     n = len(d)
@@ -225,12 +236,16 @@ def compare_paired(label: str, baseline_label: str, arm_values: dict[int, float]
     if n == 0:
         notes.append("no paired seeds: nothing to compare yet")
     elif n == 1:
-        notes.append("n=1 paired seed: Δ is shown without a CI or p-value (one seed gives no estimate of spread)")
+        notes.append(
+            "n=1 paired seed: Δ is shown without a CI or p-value (one seed gives no estimate of spread)"
+        )
     else:
         assert mean is not None and std is not None and df is not None
         if std <= IDENTICAL_RTOL * max(abs(mean), 1e-300):
-            notes.append(f"all {n} paired differences are identical (Δ = {mean:+.4f}): the t-test and its CI "
-                         "are undefined (zero spread); see the sign-flip p-value")
+            notes.append(
+                f"all {n} paired differences are identical (Δ = {mean:+.4f}): the t-test and its CI "
+                "are undefined (zero spread); see the sign-flip p-value"
+            )
         else:
             se = std / math.sqrt(n)
             t_stat = mean / se
@@ -239,8 +254,10 @@ def compare_paired(label: str, baseline_label: str, arm_values: dict[int, float]
             ci_low, ci_high = mean - half, mean + half
         p_perm, perm_exact = sign_flip_p_value(d)
         if n < WILCOXON_MIN_N:
-            notes.append(f"n={n} paired seeds: the smallest possible sign-flip p is {2.0 ** (1 - n):.3g}, and "
-                         "the t interval assumes roughly normal differences; more seeds tighten both")
+            notes.append(
+                f"n={n} paired seeds: the smallest possible sign-flip p is {2.0 ** (1 - n):.3g}, and "
+                "the t interval assumes roughly normal differences; more seeds tighten both"
+            )
         else:
             p_wil = _wilcoxon_exact(d)
 
@@ -250,8 +267,14 @@ def compare_paired(label: str, baseline_label: str, arm_values: dict[int, float]
 
         low, high = confidence_sequence(d)
         cs = (low if math.isfinite(low) else None, high if math.isfinite(high) else None)
-    clears = bool(n >= 2 and ci_low is not None and ci_high is not None and mean is not None
-                  and (ci_high < 0 or ci_low > 0) and abs(mean) >= threshold)
+    clears = bool(
+        n >= 2
+        and ci_low is not None
+        and ci_high is not None
+        and mean is not None
+        and (ci_high < 0 or ci_low > 0)
+        and abs(mean) >= threshold
+    )
     if n < 2:
         verdict = "not enough seeds"
     elif clears:
@@ -260,13 +283,35 @@ def compare_paired(label: str, baseline_label: str, arm_values: dict[int, float]
         verdict = "no clear difference"
 
     return PairedComparison(
-        label=label, baseline=baseline_label, threshold=float(threshold), seeds=seeds, n=n,
-        differences=[float(x) for x in d], mean_diff=mean, std_diff=std, t_stat=t_stat, df=df, p_ttest=p_t,
-        ci_low=ci_low, ci_high=ci_high, p_permutation=p_perm, permutation_exact=perm_exact, p_wilcoxon=p_wil,
-        wins=wins, losses=losses, ties=ties, clears_threshold=clears, verdict=verdict,
-        missing_arm=missing_arm, missing_baseline=missing_base, notes=notes,
-        cs_low=cs[0], cs_high=cs[1], seeds_needed=seeds_needed(mean, std, threshold),
-        seeds_needed_anytime=seeds_needed(mean, std, threshold, anytime=True))
+        label=label,
+        baseline=baseline_label,
+        threshold=float(threshold),
+        seeds=seeds,
+        n=n,
+        differences=[float(x) for x in d],
+        mean_diff=mean,
+        std_diff=std,
+        t_stat=t_stat,
+        df=df,
+        p_ttest=p_t,
+        ci_low=ci_low,
+        ci_high=ci_high,
+        p_permutation=p_perm,
+        permutation_exact=perm_exact,
+        p_wilcoxon=p_wil,
+        wins=wins,
+        losses=losses,
+        ties=ties,
+        clears_threshold=clears,
+        verdict=verdict,
+        missing_arm=missing_arm,
+        missing_baseline=missing_base,
+        notes=notes,
+        cs_low=cs[0],
+        cs_high=cs[1],
+        seeds_needed=seeds_needed(mean, std, threshold),
+        seeds_needed_anytime=seeds_needed(mean, std, threshold, anytime=True),
+    )
 
 
 def _wilcoxon_exact(d: np.ndarray) -> float | None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lumi.compare.plan import MIN_STEPS, ArmPlan
 from lumi.compare.runner import RunJob
@@ -35,10 +36,13 @@ def parse_grid(value: Any, flag: str = "--grid") -> str | list[float]:
         items = value.split(",") if isinstance(value, str) else list(value)
         grid = sorted({float(str(x).strip()) for x in items if str(x).strip()})
     except (TypeError, ValueError):
-        raise LumiError(f"{flag} {value!r} does not parse: give learning rates separated by commas, e.g. "
-                        f"{_example(flag)}") from None
+        raise LumiError(
+            f"{flag} {value!r} does not parse: give learning rates separated by commas, e.g. {_example(flag)}"
+        ) from None
     if len(grid) < 2 or not all(math.isfinite(v) and v > 0 for v in grid):
-        raise LumiError(f"{flag} {value!r} needs at least 2 distinct positive learning rates, e.g. {_example(flag)}")
+        raise LumiError(
+            f"{flag} {value!r} needs at least 2 distinct positive learning rates, e.g. {_example(flag)}"
+        )
     return grid
 
 
@@ -53,11 +57,14 @@ def tune_section(value: Any, where: str) -> dict[str, Any] | None:
         return None
     raw = {"param": value} if isinstance(value, str) else value
     if not isinstance(raw, dict):
-        raise LumiError(f"{where}: tune must be lr or a mapping {{param: lr, grid: auto, fraction: 0.5}}, "
-                        f"got {value!r}")
+        raise LumiError(
+            f"{where}: tune must be lr or a mapping {{param: lr, grid: auto, fraction: 0.5}}, got {value!r}"
+        )
     unknown = set(raw) - {"param", "grid", "fraction"}
     if unknown:
-        raise LumiError(f"{where}: unknown tune key(s) {', '.join(sorted(unknown))}; keys: param, grid, fraction")
+        raise LumiError(
+            f"{where}: unknown tune key(s) {', '.join(sorted(unknown))}; keys: param, grid, fraction"
+        )
     param = str(raw.get("param") or "lr")
     if param not in TUNE_PARAMS:
         raise LumiError(f"{where}: --tune {param!r} is not supported; tunable: {', '.join(TUNE_PARAMS)}")
@@ -94,7 +101,7 @@ def grid_values(grid: str | list[float], base: float) -> list[float]:
     if grid != "auto":
         return list(grid)
     half = AUTO_POINTS // 2
-    return [float(f"{base * AUTO_FACTOR ** k:.6g}") for k in range(-half, AUTO_POINTS - half)]
+    return [float(f"{base * AUTO_FACTOR**k:.6g}") for k in range(-half, AUTO_POINTS - half)]
 
 
 def point_name(value: float) -> str:
@@ -109,9 +116,18 @@ def tune_budget(plan: ArmPlan, fraction: float) -> str:
     return f"{max(MIN_STEPS, round(plan.steps * fraction))}steps"
 
 
-def run_tuning(spec, comp_dir: Path, data_dirs: dict[str, Any], plans: dict[str, ArmPlan], threads: int, jobs: int,
-               retry_failed: bool, progress: bool, log: Callable[[str], None],
-               tune_root: Path | None = None) -> dict[str, Any]:
+def run_tuning(
+    spec,
+    comp_dir: Path,
+    data_dirs: dict[str, Any],
+    plans: dict[str, ArmPlan],
+    threads: int,
+    jobs: int,
+    retry_failed: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    tune_root: Path | None = None,
+) -> dict[str, Any]:
     """Sweep every arm of ``spec`` per ``spec.tune``; returns the tuning record (points, choice, cost per arm).
 
     Raises LumiError when every point of an arm diverged or failed (nothing to choose).
@@ -136,27 +152,46 @@ def run_tuning(spec, comp_dir: Path, data_dirs: dict[str, Any], plans: dict[str,
             tuned_spec = copy.copy(spec)
             tuned_spec.optim = {}
             tune_plan = ArmPlan(arm.label, budget, None, None, None)
-            cfg = run_config(tuned_spec, tuned, TUNE_SEED, tune_plan,
-                             Path(split[spec.tokenizer_of(arm)].directory).resolve(), threads)
+            cfg = run_config(
+                tuned_spec,
+                tuned,
+                TUNE_SEED,
+                tune_plan,
+                Path(split[spec.tokenizer_of(arm)].directory).resolve(),
+                threads,
+            )
             cfg["name"] = f"{spec.name}/tune/{arm.dirname}/{point_name(value)}"
-            job = RunJob(f"{arm.label} {point_name(value)}", TUNE_SEED, root / arm.dirname / point_name(value),
-                         root / "configs" / arm.dirname / f"{point_name(value)}.yaml",
-                         root / "logs" / arm.dirname / f"{point_name(value)}.log")
+            job = RunJob(
+                f"{arm.label} {point_name(value)}",
+                TUNE_SEED,
+                root / arm.dirname / point_name(value),
+                root / "configs" / arm.dirname / f"{point_name(value)}.yaml",
+                root / "logs" / arm.dirname / f"{point_name(value)}.log",
+            )
             if needs_training(job, cfg, retry_failed, counts, log):
                 todo.append(job)
             arm_points.append((value, job))
         points[arm.label] = arm_points
-    log(f"tuning {settings['param']} ({'auto grid' if settings['grid'] == 'auto' else 'grid'}, "
+    log(
+        f"tuning {settings['param']} ({'auto grid' if settings['grid'] == 'auto' else 'grid'}, "
         f"{settings['fraction']:g} x each arm's budget, scored on the tuning split): "
-        + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in ("reused", "to train")))
+        + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in ("reused", "to train"))
+    )
     if todo:
         total = {job.label: None for job in todo}
         if execute_jobs(todo, jobs, total, sum(len(p) for p in points.values()) - len(todo), progress, log):
             raise KeyboardInterrupt
-    record = {"param": settings["param"], "grid": settings["grid"], "fraction": settings["fraction"],
-              "seed": TUNE_SEED, "split": {tok: d.manifest["tuning_split"] | {"directory": str(d.directory)}
-                                           for tok, d in split.items()},
-              "split_fraction": TUNE_FRACTION, "arms": {}}
+    record = {
+        "param": settings["param"],
+        "grid": settings["grid"],
+        "fraction": settings["fraction"],
+        "seed": TUNE_SEED,
+        "split": {
+            tok: d.manifest["tuning_split"] | {"directory": str(d.directory)} for tok, d in split.items()
+        },
+        "split_fraction": TUNE_FRACTION,
+        "arms": {},
+    }
     for arm in spec.arms:
         record["arms"][arm.label] = _arm_record(arm.label, points[arm.label], {**spec.optim, **arm.optim})
     return record
@@ -171,20 +206,40 @@ def _arm_record(label: str, points: list[tuple[float, RunJob]], base_optim: dict
         s = read_summary(job.run_dir) or {}
         status = str(s.get("status") or "missing")
         bpb = as_number(s.get("final_val_bpb")) if status == "completed" else None
-        rows.append({"value": value, "status": status, "tune_bpb": bpb, "steps": s.get("steps"),
-                     "tokens": s.get("tokens"), "wall_s": s.get("wall_s"), "run_dir": str(job.run_dir)})
+        rows.append(
+            {
+                "value": value,
+                "status": status,
+                "tune_bpb": bpb,
+                "steps": s.get("steps"),
+                "tokens": s.get("tokens"),
+                "wall_s": s.get("wall_s"),
+                "run_dir": str(job.run_dir),
+            }
+        )
     scored = [r for r in rows if r["tune_bpb"] is not None]
     if not scored:
-        raise LumiError(f"tuning {label!r}: no grid point finished with a tuning-split BPB ("
-                        + ", ".join(f"{r['value']:g}: {r['status']}" for r in rows)
-                        + "); try a lower grid, e.g. --tune-grid 1e-4,3e-4,1e-3")
+        raise LumiError(
+            f"tuning {label!r}: no grid point finished with a tuning-split BPB ("
+            + ", ".join(f"{r['value']:g}: {r['status']}" for r in rows)
+            + "); try a lower grid, e.g. --tune-grid 1e-4,3e-4,1e-3"
+        )
     best = min(scored, key=lambda r: (r["tune_bpb"], r["value"]))
     values = [r["value"] for r in rows]
     notes = []
     if best["value"] in (min(values), max(values)):
-        notes.append(f"the chosen value {best['value']:g} is at the edge of the grid: the best lr may lie outside it")
-    return {"points": rows, "chosen": best["value"], "chosen_tune_bpb": best["tune_bpb"],
-            "optim": with_lr(base_optim, best["value"]),
-            "cost": {"runs": len(rows), "tokens": sum(r["tokens"] or 0 for r in rows),
-                     "seconds": sum(r["wall_s"] or 0.0 for r in rows)},
-            "notes": notes}
+        notes.append(
+            f"the chosen value {best['value']:g} is at the edge of the grid: the best lr may lie outside it"
+        )
+    return {
+        "points": rows,
+        "chosen": best["value"],
+        "chosen_tune_bpb": best["tune_bpb"],
+        "optim": with_lr(base_optim, best["value"]),
+        "cost": {
+            "runs": len(rows),
+            "tokens": sum(r["tokens"] or 0 for r in rows),
+            "seconds": sum(r["wall_s"] or 0.0 for r in rows),
+        },
+        "notes": notes,
+    }

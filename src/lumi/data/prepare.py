@@ -19,19 +19,19 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
 from lumi.data.corpora import Corpus, Document, load_corpus
 from lumi.data.paths import default_data_dir
-from lumi.data.shards import dtype_for_vocab, read_header, read_shard, ShardWriter
+from lumi.data.shards import ShardWriter, dtype_for_vocab, read_header, read_shard
 from lumi.data.split import Split, split_documents
 from lumi.data.tokenizers import Tokenizer, load_tokenizer, parse_tokenizer_spec, train_tokenizer
 from lumi.errors import LumiError, write_error_text
 
-__all__ = ["PreparedData", "prepare", "load_prepared", "default_data_dir", "SPLITS"]
+__all__ = ["SPLITS", "PreparedData", "default_data_dir", "load_prepared", "prepare"]
 
 SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
@@ -75,9 +75,11 @@ class PreparedData:
                 top = int(tokens.max())
                 if top >= self.vocab_size:
                     at = int(np.argmax(np.asarray(tokens) >= self.vocab_size))
-                    raise LumiError(f"{path}: token id {top} (first bad id at position {at}) is outside the "
-                                    f"vocabulary of {self.vocab_size} ids; the shard is corrupt — re-run "
-                                    f"`lumi data prepare --force`")
+                    raise LumiError(
+                        f"{path}: token id {top} (first bad id at position {at}) is outside the "
+                        f"vocabulary of {self.vocab_size} ids; the shard is corrupt — re-run "
+                        f"`lumi data prepare --force`"
+                    )
             self._tokens[split] = tokens
         return self._tokens[split]
 
@@ -92,8 +94,10 @@ class PreparedData:
             info = self._split_info(split)
             path = self.directory / info["file"]
             if sha256_file(path) != info["sha256"]:
-                raise LumiError(f"{path}: content does not match the sha256 in {MANIFEST} (the shard was modified or "
-                                f"is corrupt); re-run `lumi data prepare --force`")
+                raise LumiError(
+                    f"{path}: content does not match the sha256 in {MANIFEST} (the shard was modified or "
+                    f"is corrupt); re-run `lumi data prepare --force`"
+                )
 
     def target_bytes(self, split: str) -> np.ndarray:
         """int64 UTF-8 bytes covered by the token at each position (0 at separators)."""
@@ -142,8 +146,10 @@ class PreparedData:
         return splits[split]
 
     def __repr__(self) -> str:
-        return (f"PreparedData({str(self.directory)!r}, corpus={self.manifest['corpus']['name']!r}, "
-                f"tokenizer={self.tokenizer.spec!r})")
+        return (
+            f"PreparedData({str(self.directory)!r}, corpus={self.manifest['corpus']['name']!r}, "
+            f"tokenizer={self.tokenizer.spec!r})"
+        )
 
 
 def load_prepared(directory: Path) -> PreparedData:
@@ -156,24 +162,36 @@ def load_prepared(directory: Path) -> PreparedData:
     manifest = _read_manifest(directory)
     tokenizer = load_tokenizer(directory)
     if tokenizer.fingerprint() != manifest["tokenizer"]["fingerprint"]:
-        raise LumiError(f"{directory / 'lumi_tokenizer.json'}: tokenizer fingerprint differs from the one in "
-                        f"{directory / MANIFEST}; re-run `lumi data prepare`")
+        raise LumiError(
+            f"{directory / 'lumi_tokenizer.json'}: tokenizer fingerprint differs from the one in "
+            f"{directory / MANIFEST}; re-run `lumi data prepare`"
+        )
     data = PreparedData(directory, manifest, tokenizer)
     for split in SPLITS:
         info = data._split_info(split)
         path = directory / info["file"]
         dtype, count = read_header(path)
         if dtype != np.dtype(info["dtype"]):
-            raise LumiError(f"{path}: token dtype is {dtype.name} but {MANIFEST} says {info['dtype']}; "
-                            "re-run `lumi data prepare`")
+            raise LumiError(
+                f"{path}: token dtype is {dtype.name} but {MANIFEST} says {info['dtype']}; "
+                "re-run `lumi data prepare`"
+            )
         if count != info["tokens"]:
-            raise LumiError(f"{path}: holds {count} tokens but {MANIFEST} says {info['tokens']}; "
-                            "re-run `lumi data prepare`")
+            raise LumiError(
+                f"{path}: holds {count} tokens but {MANIFEST} says {info['tokens']}; "
+                "re-run `lumi data prepare`"
+            )
     return data
 
 
-def prepare(corpus: str, tokenizer: str, out: Path | None = None, progress: bool = True,
-            force: bool = False, log: Callable[[str], None] | None = None) -> PreparedData:
+def prepare(
+    corpus: str,
+    tokenizer: str,
+    out: Path | None = None,
+    progress: bool = True,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> PreparedData:
     """Prepare `corpus` with `tokenizer` into `out` (default: default_data_dir(corpus, tokenizer)).
 
     Re-running reuses what is valid: everything when nothing changed, or just the trained
@@ -191,31 +209,47 @@ def prepare(corpus: str, tokenizer: str, out: Path | None = None, progress: bool
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a parent is a regular file, no permission, read-only file system ...
-        raise LumiError(f"cannot create the data directory {out}: {write_error_text(e, out.parent)}") from None
+        raise LumiError(
+            f"cannot create the data directory {out}: {write_error_text(e, out.parent)}"
+        ) from None
     try:
         with _locked(out):
             return _prepare_locked(corpus_obj, split, str(spec), out, progress, force, log)
-    except OSError as e:  # a full disk while writing shards, tokenizer or manifest: partial outputs are removed
+    except (
+        OSError
+    ) as e:  # a full disk while writing shards, tokenizer or manifest: partial outputs are removed
         if created:
             shutil.rmtree(out, ignore_errors=True)
-        raise LumiError(f"writing prepared data to {out} failed: {write_error_text(e, out)}"
-                        f"{'; nothing was kept' if created else '; its manifest was removed, re-run to rebuild'}") \
-            from None
+        raise LumiError(
+            f"writing prepared data to {out} failed: {write_error_text(e, out)}"
+            f"{'; nothing was kept' if created else '; its manifest was removed, re-run to rebuild'}"
+        ) from None
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _prepare_locked(corpus: Corpus, split: Split, spec: str, out: Path, progress: bool, force: bool,
-                    log: Callable[[str], None]) -> PreparedData:
+def _prepare_locked(
+    corpus: Corpus,
+    split: Split,
+    spec: str,
+    out: Path,
+    progress: bool,
+    force: bool,
+    log: Callable[[str], None],
+) -> PreparedData:
     started = time.perf_counter()
     old_manifest = None if force else _try_read_manifest(out)
     if old_manifest is not None and not force:
         reused = _try_reuse_all(out, old_manifest, corpus, split, spec)
         if reused is not None:
-            reused.last_prepare = {"reused": True, "tokenizer": "reused", "shards": "reused",
-                                   "seconds": time.perf_counter() - started}
+            reused.last_prepare = {
+                "reused": True,
+                "tokenizer": "reused",
+                "shards": "reused",
+                "seconds": time.perf_counter() - started,
+            }
             return reused
 
     # From here on the directory is being rewritten: drop the manifest first, so an interruption
@@ -268,12 +302,15 @@ def _check_output_dir(out: Path) -> None:
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if p.name not in _OUR_FILES and ".tmp-" not in p.name)
         if foreign:
-            raise LumiError(f"--out {out}: holds files `lumi data prepare` did not write ({', '.join(foreign[:3])}"
-                            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory")
+            raise LumiError(
+                f"--out {out}: holds files `lumi data prepare` did not write ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory"
+            )
 
 
-def _write_split(path: Path, docs: list[Document], tok: Tokenizer, dtype: np.dtype, name: str,
-                 progress: bool) -> tuple[dict, float]:
+def _write_split(
+    path: Path, docs: list[Document], tok: Tokenizer, dtype: np.dtype, name: str, progress: bool
+) -> tuple[dict, float]:
     """Tokenize documents into a shard; checks every document's byte count exactly."""
     from lumi.progress import ProgressLine
 
@@ -289,19 +326,30 @@ def _write_split(path: Path, docs: list[Document], tok: Tokenizer, dtype: np.dty
                 for doc, ids in zip(batch, encoded):
                     covered = int(tok.token_bytes[ids].sum())
                     if covered != doc.nbytes:  # would be a tokenizer bug: refuse to write wrong accounting
-                        raise RuntimeError(f"tokenizer {tok.spec} covers {covered} bytes of document {doc.id!r}, "
-                                           f"which has {doc.nbytes}")
+                        raise RuntimeError(
+                            f"tokenizer {tok.spec} covers {covered} bytes of document {doc.id!r}, "
+                            f"which has {doc.nbytes}"
+                        )
                     writer.write(np.concatenate(([tok.sep_id], ids)))
                     n_tokens += 1 + len(ids)
                 done_bytes += sum(d.nbytes for d in batch)
                 rate = done_bytes / 1e6 / max(seconds, 1e-9)
-                bar.update(done_bytes, f"{_mb(done_bytes)}/{_mb(total_bytes)} MB, {n_tokens:,} tokens, {rate:.1f} MB/s")
+                bar.update(
+                    done_bytes,
+                    f"{_mb(done_bytes)}/{_mb(total_bytes)} MB, {n_tokens:,} tokens, {rate:.1f} MB/s",
+                )
     finally:
         bar.close()
     from lumi.data.download import sha256_file
 
-    info = {"file": path.name, "dtype": np.dtype(dtype).name, "documents": len(docs), "bytes": total_bytes,
-            "tokens": n_tokens, "sha256": sha256_file(path)}
+    info = {
+        "file": path.name,
+        "dtype": np.dtype(dtype).name,
+        "documents": len(docs),
+        "bytes": total_bytes,
+        "tokens": n_tokens,
+        "sha256": sha256_file(path),
+    }
     return info, seconds
 
 
@@ -330,8 +378,14 @@ def _manifest(corpus: Corpus, split: Split, tok: Tokenizer, splits: dict) -> dic
         "version": FORMAT_VERSION,
         "lumi_version": __version__,
         "fingerprint": fingerprint,
-        "corpus": {"name": corpus.name, "fingerprint": corpus.fingerprint, "description": corpus.description,
-                   "documents": len(corpus.documents), "bytes": corpus.nbytes, "source": corpus.source},
+        "corpus": {
+            "name": corpus.name,
+            "fingerprint": corpus.fingerprint,
+            "description": corpus.description,
+            "documents": len(corpus.documents),
+            "bytes": corpus.nbytes,
+            "source": corpus.source,
+        },
         "split": split.describe(),
         "tokenizer": tokenizer,
         "stream": "per document: separator, then the document's tokens; the separator covers 0 bytes",
@@ -345,8 +399,10 @@ def _read_manifest(directory: Path) -> dict:
     if not directory.is_dir():
         raise LumiError(f"{directory}: no such directory; create it with `lumi data prepare`")
     if not path.is_file():
-        raise LumiError(f"{path}: not found; {directory} is not a complete prepared-data directory "
-                        "(run `lumi data prepare`)")
+        raise LumiError(
+            f"{path}: not found; {directory} is not a complete prepared-data directory "
+            "(run `lumi data prepare`)"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -354,8 +410,10 @@ def _read_manifest(directory: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise LumiError(f"{path}: not a Lumi prepared-data manifest; re-run `lumi data prepare`")
     if manifest.get("version") != FORMAT_VERSION:
-        raise LumiError(f"{path}: manifest version {manifest.get('version')} is not supported "
-                        f"(this Lumi reads {FORMAT_VERSION}); re-run `lumi data prepare`")
+        raise LumiError(
+            f"{path}: manifest version {manifest.get('version')} is not supported "
+            f"(this Lumi reads {FORMAT_VERSION}); re-run `lumi data prepare`"
+        )
     try:
         for split in SPLITS:
             info = manifest["splits"][split]
@@ -376,10 +434,12 @@ def _try_read_manifest(directory: Path) -> dict | None:
 
 
 def _try_reuse_all(out: Path, manifest: dict, corpus: Corpus, split: Split, spec: str) -> PreparedData | None:
-    if (manifest["corpus"].get("fingerprint") != corpus.fingerprint
-            or manifest["split"].get("train_sha256") != split.split_hash("train")
-            or manifest["split"].get("val_sha256") != split.split_hash("val")
-            or manifest["tokenizer"].get("spec") != spec):
+    if (
+        manifest["corpus"].get("fingerprint") != corpus.fingerprint
+        or manifest["split"].get("train_sha256") != split.split_hash("train")
+        or manifest["split"].get("val_sha256") != split.split_hash("val")
+        or manifest["tokenizer"].get("spec") != spec
+    ):
         return None
     try:
         data = load_prepared(out)
@@ -391,7 +451,9 @@ def _try_reuse_all(out: Path, manifest: dict, corpus: Corpus, split: Split, spec
 
 def _try_reuse_tokenizer(out: Path, manifest: dict, split: Split, spec: str) -> Tokenizer | None:
     """The saved tokenizer, if it is the requested spec and was trained on this exact train split."""
-    if manifest["tokenizer"].get("spec") != spec or manifest["tokenizer"].get("train_sha256") != split.split_hash("train"):
+    if manifest["tokenizer"].get("spec") != spec or manifest["tokenizer"].get(
+        "train_sha256"
+    ) != split.split_hash("train"):
         return None
     try:
         tok = load_tokenizer(out)

@@ -67,7 +67,7 @@ class ShardWriter:
             self._file.close()
         self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -96,36 +96,53 @@ def read_header(path: Path) -> tuple[np.dtype, int]:
     if len(head) < HEADER_SIZE:
         if head != MAGIC[: len(head)]:
             raise LumiError(f"{path}: not a Lumi token shard (wrong magic bytes); re-run `lumi data prepare`")
-        raise LumiError(f"{path}: token shard is truncated ({size} bytes, the header alone is {HEADER_SIZE}); "
-                        "re-run `lumi data prepare`")
+        raise LumiError(
+            f"{path}: token shard is truncated ({size} bytes, the header alone is {HEADER_SIZE}); "
+            "re-run `lumi data prepare`"
+        )
     magic, version, code, count = HEADER.unpack(head)
     if magic != MAGIC:
-        raise LumiError(f"{path}: not a Lumi token shard (magic {magic!r}, expected {MAGIC!r}); "
-                        "re-run `lumi data prepare`")
+        raise LumiError(
+            f"{path}: not a Lumi token shard (magic {magic!r}, expected {MAGIC!r}); "
+            "re-run `lumi data prepare`"
+        )
     if version != VERSION:
-        raise LumiError(f"{path}: token shard format version {version} is not supported (this Lumi reads {VERSION})")
+        raise LumiError(
+            f"{path}: token shard format version {version} is not supported (this Lumi reads {VERSION})"
+        )
     if code not in DTYPE_CODES:
-        raise LumiError(f"{path}: unknown token dtype code {code} in the header (accepted: 1 = uint16, 2 = uint32)")
+        raise LumiError(
+            f"{path}: unknown token dtype code {code} in the header (accepted: 1 = uint16, 2 = uint32)"
+        )
     dtype = DTYPE_CODES[code]
     expected = HEADER_SIZE + count * dtype.itemsize
     if size < expected:
-        raise LumiError(f"{path}: token shard is truncated ({size} bytes, header says {count} {dtype.name} tokens "
-                        f"= {expected} bytes); re-run `lumi data prepare`")
+        raise LumiError(
+            f"{path}: token shard is truncated ({size} bytes, header says {count} {dtype.name} tokens "
+            f"= {expected} bytes); re-run `lumi data prepare`"
+        )
     if size > expected:
-        raise LumiError(f"{path}: token shard has {size - expected} unexpected trailing bytes "
-                        f"(header says {count} {dtype.name} tokens); re-run `lumi data prepare`")
+        raise LumiError(
+            f"{path}: token shard has {size - expected} unexpected trailing bytes "
+            f"(header says {count} {dtype.name} tokens); re-run `lumi data prepare`"
+        )
     return dtype, int(count)
 
 
-def read_shard(path: Path, expected_count: int | None = None, expected_dtype: np.dtype | None = None) -> np.ndarray:
+def read_shard(
+    path: Path, expected_count: int | None = None, expected_dtype: np.dtype | None = None
+) -> np.ndarray:
     """Memory-map a shard read-only after validating it (and its count/dtype against the manifest)."""
     dtype, count = read_header(path)
     if expected_dtype is not None and dtype != np.dtype(expected_dtype):
-        raise LumiError(f"{path}: token dtype is {dtype.name} but the manifest says {np.dtype(expected_dtype).name}; "
-                        "re-run `lumi data prepare`")
+        raise LumiError(
+            f"{path}: token dtype is {dtype.name} but the manifest says {np.dtype(expected_dtype).name}; "
+            "re-run `lumi data prepare`"
+        )
     if expected_count is not None and count != expected_count:
-        raise LumiError(f"{path}: holds {count} tokens but the manifest says {expected_count}; "
-                        "re-run `lumi data prepare`")
+        raise LumiError(
+            f"{path}: holds {count} tokens but the manifest says {expected_count}; re-run `lumi data prepare`"
+        )
     if count == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_SIZE, shape=(count,))

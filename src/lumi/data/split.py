@@ -51,7 +51,7 @@ class Split:
         """sha256 of one side's (id, content) list: identifies e.g. the text a tokenizer was trained on."""
         digest = hashlib.sha256(f"lumi-split-side-v1:{name}\n".encode())
         for doc in self.documents(name):
-            digest.update(f"{doc.id}\t{doc.sha256}\n".encode("utf-8"))
+            digest.update(f"{doc.id}\t{doc.sha256}\n".encode())
         return digest.hexdigest()
 
     def describe(self) -> dict:
@@ -130,7 +130,7 @@ def _dedupe(documents: list[Document]) -> tuple[list[Document], list[dict], list
 
 
 def _order_key(doc: Document) -> str:
-    return hashlib.sha256(f"{SPLIT_SALT}:{doc.id}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{SPLIT_SALT}:{doc.id}".encode()).hexdigest()
 
 
 def _fill(units: list[Document], budget: float) -> set[str]:

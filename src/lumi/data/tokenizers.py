@@ -18,9 +18,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -32,8 +32,8 @@ MIN_VOCAB = 256 + N_SPECIAL
 MAX_VOCAB = 1 << 20
 META_FILE = "lumi_tokenizer.json"
 HF_FILE = "tokenizer.json"
-ACCEPTED = '"bytes" (256 byte values + separator) or "bpe:N" (byte-level BPE, {min} <= N <= {max})'.format(
-    min=MIN_VOCAB, max=MAX_VOCAB
+ACCEPTED = (
+    f'"bytes" (256 byte values + separator) or "bpe:N" (byte-level BPE, {MIN_VOCAB} <= N <= {MAX_VOCAB})'
 )
 
 
@@ -60,7 +60,9 @@ def parse_tokenizer_spec(spec: str) -> TokenizerSpec:
                 f"{MIN_VOCAB} ids (256 byte values + {N_SPECIAL} separator), e.g. bpe:4096"
             )
         if n > MAX_VOCAB:
-            raise LumiError(f"tokenizer {spec!r}: vocabulary size {n} is larger than the supported {MAX_VOCAB}")
+            raise LumiError(
+                f"tokenizer {spec!r}: vocabulary size {n} is larger than the supported {MAX_VOCAB}"
+            )
         return TokenizerSpec("bpe", n)
     hint = closest(text.split(":")[0], ["bytes", "bpe"])
     raise LumiError(f"unknown tokenizer spec {spec!r}{hint}; accepted: {ACCEPTED}")
@@ -165,14 +167,20 @@ class BpeTokenizer(Tokenizer):
         try:
             self._hf.encode_special_tokens = True
         except AttributeError:
-            raise LumiError("byte-level BPE needs the `tokenizers` package >= 0.15.1: pip install -U tokenizers") from None
+            raise LumiError(
+                "byte-level BPE needs the `tokenizers` package >= 0.15.1: pip install -U tokenizers"
+            ) from None
         self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
         sep = self._hf.token_to_id(SEP_TOKEN)
         if sep is None:
             raise LumiError(f"BPE tokenizer definition has no {SEP_TOKEN!r} separator token")
         self.sep_id = int(sep)
-        self._id_bytes = _id_byte_strings(self._hf.get_vocab(with_added_tokens=True), self.vocab_size, self.sep_id)
-        self.token_bytes = np.fromiter((len(b) for b in self._id_bytes), dtype=np.int64, count=self.vocab_size)
+        self._id_bytes = _id_byte_strings(
+            self._hf.get_vocab(with_added_tokens=True), self.vocab_size, self.sep_id
+        )
+        self.token_bytes = np.fromiter(
+            (len(b) for b in self._id_bytes), dtype=np.int64, count=self.vocab_size
+        )
 
     def encode(self, text: str) -> list[int]:
         try:
@@ -205,7 +213,9 @@ class BpeTokenizer(Tokenizer):
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(directory / HF_FILE, json.dumps(self._definition, ensure_ascii=False, indent=1) + "\n")
+        _atomic_write_text(
+            directory / HF_FILE, json.dumps(self._definition, ensure_ascii=False, indent=1) + "\n"
+        )
         self._write_meta(directory)
 
 
@@ -278,7 +288,9 @@ def _id_byte_strings(vocab: dict[str, int], vocab_size: int, sep_id: int) -> lis
 
     byte_of = _byte_alphabet()
     if set(byte_of) != set(pre_tokenizers.ByteLevel.alphabet()):
-        raise RuntimeError("this version of `tokenizers` uses a different byte-level alphabet than Lumi expects")
+        raise RuntimeError(
+            "this version of `tokenizers` uses a different byte-level alphabet than Lumi expects"
+        )
     table: list[bytes | None] = [None] * vocab_size
     for token, i in vocab.items():
         if i == sep_id:
@@ -287,13 +299,17 @@ def _id_byte_strings(vocab: dict[str, int], vocab_size: int, sep_id: int) -> lis
         try:
             table[i] = bytes(byte_of[c] for c in token)
         except KeyError:
-            raise LumiError(f"BPE token {token!r} (id {i}) is not a byte-level token; cannot count its bytes") from None
+            raise LumiError(
+                f"BPE token {token!r} (id {i}) is not a byte-level token; cannot count its bytes"
+            ) from None
     missing = [i for i, b in enumerate(table) if b is None]
     if missing:
         raise LumiError(f"BPE vocabulary has no token for id(s) {missing[:5]}; the tokenizer file is damaged")
     single = {b for b in table if len(b) == 1}
     if len(single) != 256:
-        raise LumiError("BPE vocabulary lacks some of the 256 single-byte tokens, so some text could not be encoded")
+        raise LumiError(
+            "BPE vocabulary lacks some of the 256 single-byte tokens, so some text could not be encoded"
+        )
     return table  # type: ignore[return-value]
 
 

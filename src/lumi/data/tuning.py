@@ -38,18 +38,24 @@ def cut_position(tokens: np.ndarray, sep_id: int, fraction: float) -> int:
     seps = np.flatnonzero(np.asarray(tokens) == sep_id)
     seps = seps[seps > 0]  # position 0 starts the first document: cutting there leaves nothing to train on
     if not len(seps):
-        raise LumiError("the training split holds a single document, so no tuning split can be carved from it at "
-                        "document boundaries; use a corpus with more documents")
+        raise LumiError(
+            "the training split holds a single document, so no tuning split can be carved from it at "
+            "document boundaries; use a corpus with more documents"
+        )
     target = (1.0 - fraction) * len(tokens)
     return int(seps[np.argmin(np.abs(seps - target))])
 
 
-def carve_tuning_split(data: PreparedData, fraction: float = TUNE_FRACTION, out: Path | None = None) -> PreparedData:
+def carve_tuning_split(
+    data: PreparedData, fraction: float = TUNE_FRACTION, out: Path | None = None
+) -> PreparedData:
     """The derived directory (written once, then reused): train = parent train before the cut, val = after."""
     if not 0.0 < fraction < 0.5:
         raise LumiError(f"the tuning split fraction must be in (0, 0.5), got {fraction}")
     out = Path(out) if out is not None else tuning_dir(data, fraction)
-    fingerprint = hashlib.sha256(f"lumi-tune-split-v1\n{data.fingerprint()}\n{fraction!r}\n".encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        f"lumi-tune-split-v1\n{data.fingerprint()}\n{fraction!r}\n".encode()
+    ).hexdigest()
     if (out / MANIFEST).is_file():
         try:
             existing = load_prepared(out)
@@ -70,10 +76,14 @@ def carve_tuning_split(data: PreparedData, fraction: float = TUNE_FRACTION, out:
         write_shard(path, part, dtype)
         from lumi.data.download import sha256_file
 
-        splits[name] = {"file": path.name, "dtype": np.dtype(dtype).name,
-                        "documents": int(np.count_nonzero(part == data.tokenizer.sep_id)),
-                        "bytes": int(data.tokenizer.token_bytes[part].sum()), "tokens": int(len(part)),
-                        "sha256": sha256_file(path)}
+        splits[name] = {
+            "file": path.name,
+            "dtype": np.dtype(dtype).name,
+            "documents": int(np.count_nonzero(part == data.tokenizer.sep_id)),
+            "bytes": int(data.tokenizer.token_bytes[part].sum()),
+            "tokens": len(part),
+            "sha256": sha256_file(path),
+        }
     for f in TOKENIZER_FILES:
         if (data.directory / f).is_file():
             shutil.copyfile(data.directory / f, tmp / f)
@@ -82,11 +92,14 @@ def carve_tuning_split(data: PreparedData, fraction: float = TUNE_FRACTION, out:
     manifest["splits"] = splits
     manifest["documents"] = []  # the parent's assignment lists validation documents: not carried over
     manifest["tuning_split"] = {
-        "parent": str(data.directory), "parent_fingerprint": data.fingerprint(), "fraction": fraction,
-        "cut_token": cut, "parent_train_tokens": int(len(tokens)),
+        "parent": str(data.directory),
+        "parent_fingerprint": data.fingerprint(),
+        "fraction": fraction,
+        "cut_token": cut,
+        "parent_train_tokens": len(tokens),
         "method": "the parent's training stream cut at the document separator nearest (1 - fraction); "
-                  "train = before the cut, val (the tuning split) = after it; the parent's validation split is "
-                  "not used",
+        "train = before the cut, val (the tuning split) = after it; the parent's validation split is "
+        "not used",
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     if out.exists():

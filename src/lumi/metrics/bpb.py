@@ -31,7 +31,7 @@ class BpbAccumulator:
         self.bytes += int(nbytes.sum())
         self.targets += int(nll64.size)
 
-    def merge(self, other: "BpbAccumulator") -> None:
+    def merge(self, other: BpbAccumulator) -> None:
         self.nll_nats += other.nll_nats
         self.bytes += other.bytes
         self.targets += other.targets

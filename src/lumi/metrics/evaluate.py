@@ -66,19 +66,26 @@ def evaluate_bpb(
         # Full windows go in batches; the partial last window (if any) on its own.
         full = [w for w in mine if w[1] == seq_len]
         partial = [w for w in mine if w[1] != seq_len]
-        groups = [full[i:i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in partial]
+        groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in partial]
         for group in groups:
             length = group[0][1]
-            x = np.stack([np.asarray(tokens[s:s + length]) for s, _ in group]).astype(np.int64)
-            y = np.stack([np.asarray(tokens[s + 1:s + length + 1]) for s, _ in group]).astype(np.int64)
-            nb = np.stack([np.asarray(target_bytes[s + 1:s + length + 1]) for s, _ in group]).astype(np.int64)
+            x = np.stack([np.asarray(tokens[s : s + length]) for s, _ in group]).astype(np.int64)
+            y = np.stack([np.asarray(tokens[s + 1 : s + length + 1]) for s, _ in group]).astype(np.int64)
+            nb = np.stack([np.asarray(target_bytes[s + 1 : s + length + 1]) for s, _ in group]).astype(
+                np.int64
+            )
             xt = torch.from_numpy(x).to(device)
             yt = torch.from_numpy(y).to(device)
-            ctx = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                   else contextlib.nullcontext())
+            ctx = (
+                torch.autocast(device_type=device.type, dtype=autocast_dtype)
+                if autocast_dtype is not None
+                else contextlib.nullcontext()
+            )
             with ctx:
                 logits = model(xt)
-            nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), yt.reshape(-1), reduction="none")
+            nll = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), yt.reshape(-1), reduction="none"
+            )
             acc.add(nll, nb)
     finally:
         model.train(was_training)
@@ -94,11 +101,17 @@ def evaluate_bpb(
         "targets": acc.targets,
         "bytes": acc.bytes,
         "documents": PROTOCOL_DOCUMENTS,
-        "subset": "full split" if max_targets is None or max_targets >= len(tokens) - 1
+        "subset": "full split"
+        if max_targets is None or max_targets >= len(tokens) - 1
         else f"first {acc.targets} targets",
     }
-    return {"bpb": acc.bpb, "loss": acc.nats_per_target, "bytes": acc.bytes, "targets": acc.targets,
-            "protocol": protocol}
+    return {
+        "bpb": acc.bpb,
+        "loss": acc.nats_per_target,
+        "bytes": acc.bytes,
+        "targets": acc.targets,
+        "protocol": protocol,
+    }
 
 
 def _all_reduce_acc(acc: BpbAccumulator, device: torch.device) -> BpbAccumulator:
@@ -106,7 +119,9 @@ def _all_reduce_acc(acc: BpbAccumulator, device: torch.device) -> BpbAccumulator
 
     t = torch.tensor([acc.nll_nats, float(acc.bytes), float(acc.targets)], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return BpbAccumulator(nll_nats=float(t[0]), bytes=int(round(float(t[1]))), targets=int(round(float(t[2]))))
+    return BpbAccumulator(
+        nll_nats=float(t[0]), bytes=int(round(float(t[1]))), targets=int(round(float(t[2])))
+    )
 
 
 def unigram_bpb(prepared: Any, split: str = "val") -> dict[str, Any]:
@@ -122,7 +137,16 @@ def unigram_bpb(prepared: Any, split: str = "val") -> dict[str, Any]:
     nbytes = np.asarray(prepared.target_bytes(split))[1:]
     acc = BpbAccumulator()
     acc.add(-log_probs[targets], nbytes)
-    protocol = {"split": split, "model": "unigram: train-split token frequencies, add-one smoothing",
-                "targets": acc.targets, "bytes": acc.bytes}
-    return {"bpb": acc.bpb, "loss": acc.nats_per_target, "bytes": acc.bytes, "targets": acc.targets,
-            "protocol": protocol}
+    protocol = {
+        "split": split,
+        "model": "unigram: train-split token frequencies, add-one smoothing",
+        "targets": acc.targets,
+        "bytes": acc.bytes,
+    }
+    return {
+        "bpb": acc.bpb,
+        "loss": acc.nats_per_target,
+        "bytes": acc.bytes,
+        "targets": acc.targets,
+        "protocol": protocol,
+    }

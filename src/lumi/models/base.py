@@ -12,23 +12,20 @@ A model is a plain single-device ``nn.Module`` built from a config dataclass:
 - ``param_counts()`` gives total and non-embedding parameters; ``flops_per_token(T)``
   an analytic estimate of *training* FLOPs (forward + backward) per token at sequence
   length T. ``lumi check`` compares it with a measured count.
+- Optional, declared on the class: ``supports_cache`` (then ``new_cache()`` and
+  ``forward(tokens, cache=...)`` decode incrementally), ``max_context()`` (the longest
+  input ``forward`` accepts), and the overfit-check settings.
 
 Parallelism, compilation, precision and checkpointing are applied from outside.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
-
-
-# Config fields that cap the context length a model accepts (learned position tables etc.).
-MAX_CONTEXT_FIELDS = ("max_seq_len", "block_size", "context_length", "max_position_embeddings")
-
 
 @dataclass
 class ModelConfig:
@@ -60,6 +57,9 @@ class LumiModel(nn.Module):
     # larger step (several stacks, no embedding) sets these on its class.
     check_overfit_steps: ClassVar[int] = 40
     check_overfit_lr: ClassVar[float] = 3e-3
+    # Incremental decoding: a model that sets this implements new_cache() and forward(tokens, cache=...),
+    # and `lumi generate` decodes one token per step through the cache.
+    supports_cache: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -100,20 +100,15 @@ class LumiModel(nn.Module):
     def max_context(self) -> int | None:
         """The longest sequence ``forward`` accepts, or None when any length works (RoPE, recurrences).
 
-        Default: the first positive int among the config fields that conventionally cap the context
-        (learned position tables). ``lumi check`` probes causality up to this length and skips longer
-        probes with a note; ``lumi generate`` stops using a cache beyond it.
+        A model with a learned position table overrides this. ``lumi check`` probes causality up to
+        this length and skips longer probes with a note; ``lumi generate`` keeps a sliding window of it.
         """
-        for name in MAX_CONTEXT_FIELDS:
-            v = getattr(getattr(self, "config", None), name, None)
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                return v
         return None
+
+    def new_cache(self) -> Any:
+        """A fresh decoding cache for ``forward(tokens, cache=...)`` (models with ``supports_cache``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support incremental decoding")
 
     def flops_per_token(self, seq_len: int) -> float:  # pragma: no cover - abstract
         """Analytic training FLOPs (forward + backward = 3x forward) per token."""
         raise NotImplementedError
-
-    # -- helpers ---------------------------------------------------------------------
-    def config_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.config)

@@ -73,7 +73,9 @@ class BltPatchConfig(SpaceByteConfig):
         if self.patch_rule not in PATCH_RULES:
             raise LumiError(f"patch_rule must be one of {', '.join(PATCH_RULES)}, got {self.patch_rule!r}")
         if not math.isfinite(self.entropy_threshold) or self.entropy_threshold < 0:
-            raise LumiError(f"entropy_threshold must be a finite number of nats >= 0, got {self.entropy_threshold}")
+            raise LumiError(
+                f"entropy_threshold must be a finite number of nats >= 0, got {self.entropy_threshold}"
+            )
         if not math.isfinite(self.entropy_margin):
             raise LumiError(f"entropy_margin must be a finite number of nats, got {self.entropy_margin}")
         if self.patcher_checkpoint in ("", "none", "None", "null"):
@@ -116,12 +118,16 @@ def load_patcher(path: str | Path, vocab_size: int) -> Llama:
     known = {f.name for f in fields(LlamaConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise LumiError(f"patcher config {str(cfg_path)!r} has fields {', '.join(unknown)} that a llama config does "
-                        "not have: the patcher must be a `llama` byte model")
+        raise LumiError(
+            f"patcher config {str(cfg_path)!r} has fields {', '.join(unknown)} that a llama config does "
+            "not have: the patcher must be a `llama` byte model"
+        )
     config = make_config("llama", None, values)
     if config.vocab_size != vocab_size:
-        raise LumiError(f"patcher {str(cfg_path)!r} has vocab_size {config.vocab_size} but this model has "
-                        f"{vocab_size}: train the patcher on the same (bytes) tokenizer")
+        raise LumiError(
+            f"patcher {str(cfg_path)!r} has vocab_size {config.vocab_size} but this model has "
+            f"{vocab_size}: train the patcher on the same (bytes) tokenizer"
+        )
     patcher = Llama(config)
     try:
         load_model(patcher, str(weights), strict=True)
@@ -144,15 +150,49 @@ def freeze_into_buffers(module: nn.Module) -> None:
     "bltpatch",
     description="BLT-lite: entropy patches from a frozen byte-LM patcher + SpaceByte-style local/global blocks",
     presets={
-        "nano": dict(d_local=32, n_local_heads=1, n_local_before=1, n_local_after=1, local_window=16,
-                     d_global=64, n_global_heads=2, n_global_layers=2, max_patch=8, global_patch_len=4,
-                     patcher_preset="byte-nano"),
-        "micro": dict(d_local=64, n_local_heads=2, n_local_before=1, n_local_after=1, local_window=64,
-                      d_global=128, n_global_heads=2, n_global_layers=4, max_patch=16, global_patch_len=4,
-                      ngram_max=4, ngram_buckets=2048, patcher_preset="byte-nano"),
-        "tiny": dict(d_local=128, n_local_heads=2, n_local_before=2, n_local_after=2, local_window=128,
-                     d_global=256, n_global_heads=4, n_global_layers=6, max_patch=16, global_patch_len=4,
-                     ngram_max=5, ngram_buckets=8192, patcher_preset="byte-micro"),
+        "nano": dict(
+            d_local=32,
+            n_local_heads=1,
+            n_local_before=1,
+            n_local_after=1,
+            local_window=16,
+            d_global=64,
+            n_global_heads=2,
+            n_global_layers=2,
+            max_patch=8,
+            global_patch_len=4,
+            patcher_preset="byte-nano",
+        ),
+        "micro": dict(
+            d_local=64,
+            n_local_heads=2,
+            n_local_before=1,
+            n_local_after=1,
+            local_window=64,
+            d_global=128,
+            n_global_heads=2,
+            n_global_layers=4,
+            max_patch=16,
+            global_patch_len=4,
+            ngram_max=4,
+            ngram_buckets=2048,
+            patcher_preset="byte-nano",
+        ),
+        "tiny": dict(
+            d_local=128,
+            n_local_heads=2,
+            n_local_before=2,
+            n_local_after=2,
+            local_window=128,
+            d_global=256,
+            n_global_heads=4,
+            n_global_layers=6,
+            max_patch=16,
+            global_patch_len=4,
+            ngram_max=5,
+            ngram_buckets=8192,
+            patcher_preset="byte-micro",
+        ),
     },
     cpu_presets=("nano",),
 )
@@ -165,14 +205,17 @@ class BltPatch(LocalGlobalModel):
         if c.patcher_checkpoint is not None:
             patcher = load_patcher(c.patcher_checkpoint, c.vocab_size)
         else:
-            warnings.warn("bltpatch: no patcher_checkpoint given — using a randomly initialised frozen patcher "
-                          f"(llama:{c.patcher_preset}); its entropies are meaningless. Train a byte llama first "
-                          "and pass its run directory as patcher_checkpoint.", stacklevel=2)
+            warnings.warn(
+                "bltpatch: no patcher_checkpoint given — using a randomly initialised frozen patcher "
+                f"(llama:{c.patcher_preset}); its entropies are meaningless. Train a byte llama first "
+                "and pass its run directory as patcher_checkpoint.",
+                stacklevel=2,
+            )
             patcher = Llama(make_config("llama", c.patcher_preset, vocab_size=c.vocab_size))
         freeze_into_buffers(patcher)
         self.patcher = patcher.eval()
 
-    def train(self, mode: bool = True) -> "BltPatch":
+    def train(self, mode: bool = True) -> BltPatch:
         super().train(mode)
         self.patcher.eval()  # frozen: no dropout, ever
         return self

@@ -25,7 +25,15 @@ from lumi.models.layers import Attention, RotaryEmbedding
 from lumi.models.llama import LlamaConfig, llama_layer_matmul_params
 
 # Multipliers of the rolling polynomial hash, one per n (any odd constants > 256 would do).
-_HASH_MULTIPLIERS = (1_000_003, 998_244_353, 1_000_000_007, 754_974_721, 167_772_161, 469_762_049, 2_013_265_921)
+_HASH_MULTIPLIERS = (
+    1_000_003,
+    998_244_353,
+    1_000_000_007,
+    754_974_721,
+    167_772_161,
+    469_762_049,
+    2_013_265_921,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,8 +85,10 @@ MAX_NGRAM_BUCKETS = 1 << 24
 
 def validate_ngrams(ngram_max: int, ngram_buckets: int) -> None:
     if ngram_max < 0 or ngram_max == 1 or ngram_max > 8:
-        raise LumiError(f"ngram_max must be 0 (off) or 2..8 (hashed n-gram embeddings for n = 2..ngram_max), "
-                        f"got {ngram_max}")
+        raise LumiError(
+            f"ngram_max must be 0 (off) or 2..8 (hashed n-gram embeddings for n = 2..ngram_max), "
+            f"got {ngram_max}"
+        )
     if ngram_max and not 1 <= ngram_buckets <= MAX_NGRAM_BUCKETS:
         raise LumiError(f"ngram_buckets must be in 1..{MAX_NGRAM_BUCKETS}, got {ngram_buckets}")
 
@@ -202,15 +212,26 @@ class SlidingWindowAttention(Attention):
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         i = torch.arange(t, device=x.device)
         band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - self.window)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=band, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=band, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
 def make_windowed(block: nn.Module, c: LlamaConfig, window: int | None) -> nn.Module:
     """Swap a llama Block's attention for the sliding-window one (window None: leave it causal)."""
     if window is not None:
-        block.attn = SlidingWindowAttention(c.d_model, c.n_heads, c.kv_heads, c.dim_head, c.rope_theta, c.qk_norm,
-                                            c.dropout, norm_eps=c.norm_eps, window=window)
+        block.attn = SlidingWindowAttention(
+            c.d_model,
+            c.n_heads,
+            c.kv_heads,
+            c.dim_head,
+            c.rope_theta,
+            c.qk_norm,
+            c.dropout,
+            norm_eps=c.norm_eps,
+            window=window,
+        )
     return block
 
 
@@ -227,15 +248,39 @@ def block_forward_flops(c: LlamaConfig, context: int) -> float:
     return 2.0 * llama_layer_matmul_params(c) + 2.0 * context * (2 * c.n_heads * c.dim_head)
 
 
-def sub_config(*, d_model: int, n_layers: int, n_heads: int, mlp: str, ffn_mult: int, qk_norm: bool,
-               norm_eps: float, rope_theta: float, dropout: float, init_std: float, field: str) -> LlamaConfig:
+def sub_config(
+    *,
+    d_model: int,
+    n_layers: int,
+    n_heads: int,
+    mlp: str,
+    ffn_mult: int,
+    qk_norm: bool,
+    norm_eps: float,
+    rope_theta: float,
+    dropout: float,
+    init_std: float,
+    field: str,
+) -> LlamaConfig:
     """A LlamaConfig for one stack of a patch model; errors name the patch model's field."""
-    c = LlamaConfig(vocab_size=2, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
-                    ffn_hidden=ffn_mult * d_model, mlp=mlp, qk_norm=qk_norm, norm_eps=norm_eps,
-                    rope_theta=rope_theta, dropout=dropout, init_std=init_std)
+    c = LlamaConfig(
+        vocab_size=2,
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        ffn_hidden=ffn_mult * d_model,
+        mlp=mlp,
+        qk_norm=qk_norm,
+        norm_eps=norm_eps,
+        rope_theta=rope_theta,
+        dropout=dropout,
+        init_std=init_std,
+    )
     if d_model < 2 or n_heads < 1 or d_model % n_heads or (d_model // n_heads) % 2:
-        raise LumiError(f"{field}: d={d_model} with {n_heads} heads is invalid — heads must divide the width "
-                        "and the head size must be even (RoPE)")
+        raise LumiError(
+            f"{field}: d={d_model} with {n_heads} heads is invalid — heads must divide the width "
+            "and the head size must be even (RoPE)"
+        )
     return c
 
 
@@ -255,7 +300,7 @@ __all__ = [
     "ngram_params",
     "running_budget",
     "scatter_add_rows",
-    "validate_ngrams",
     "spacelike_boundaries",
     "sub_config",
+    "validate_ngrams",
 ]

@@ -98,8 +98,10 @@ class BytePatchConfig(ModelConfig):
         if self.patch_size < 1:
             raise LumiError(f"patch_size must be >= 1, got {self.patch_size}")
         if self.d_global % self.patch_size:
-            raise LumiError(f"d_global={self.d_global} must be a multiple of patch_size={self.patch_size} "
-                            "(a patch embedding concatenates patch_size byte embeddings of width d_global/patch_size)")
+            raise LumiError(
+                f"d_global={self.d_global} must be a multiple of patch_size={self.patch_size} "
+                "(a patch embedding concatenates patch_size byte embeddings of width d_global/patch_size)"
+            )
         if self.n_global_layers < 1:
             raise LumiError(f"n_global_layers must be >= 1, got {self.n_global_layers}")
         if self.n_local_layers < 0:
@@ -120,12 +122,24 @@ class BytePatchConfig(ModelConfig):
         return self.d_global // self.patch_size
 
     def _stack(self, d: int, n_layers: int, n_heads: int, field: str) -> LlamaConfig:
-        return sub_config(d_model=d, n_layers=n_layers, n_heads=n_heads, mlp=self.mlp, ffn_mult=self.ffn_mult,
-                          qk_norm=self.qk_norm, norm_eps=self.norm_eps, rope_theta=self.rope_theta,
-                          dropout=self.dropout, init_std=self.init_std, field=field)
+        return sub_config(
+            d_model=d,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            mlp=self.mlp,
+            ffn_mult=self.ffn_mult,
+            qk_norm=self.qk_norm,
+            norm_eps=self.norm_eps,
+            rope_theta=self.rope_theta,
+            dropout=self.dropout,
+            init_std=self.init_std,
+            field=field,
+        )
 
     def global_config(self) -> LlamaConfig:
-        return self._stack(self.d_global, self.n_global_layers, self.n_global_heads, "d_global/n_global_heads")
+        return self._stack(
+            self.d_global, self.n_global_layers, self.n_global_heads, "d_global/n_global_heads"
+        )
 
     def local_config(self) -> LlamaConfig:
         return self._stack(self.d_local, self.n_local_layers, self.n_local_heads, "d_local/n_local_heads")
@@ -140,16 +154,53 @@ def num_patches(seq_len: int, patch_size: int) -> int:
     "bytepatch",
     description="MEGABYTE-style fixed byte patches: global Transformer over patches + local byte decoder",
     presets={
-        "nano": dict(patch_size=4, n_global_layers=2, d_global=64, n_global_heads=2,
-                     n_local_layers=1, d_local=32, n_local_heads=1),
-        "micro": dict(patch_size=4, n_global_layers=4, d_global=128, n_global_heads=2,
-                      n_local_layers=2, d_local=64, n_local_heads=2),
-        "micro-ngram": dict(patch_size=4, n_global_layers=4, d_global=128, n_global_heads=2,
-                            n_local_layers=2, d_local=64, n_local_heads=2, ngram_max=3, ngram_buckets=4096),
-        "tiny": dict(patch_size=4, n_global_layers=6, d_global=256, n_global_heads=4,
-                     n_local_layers=2, d_local=128, n_local_heads=2),
-        "small": dict(patch_size=8, n_global_layers=12, d_global=512, n_global_heads=8,
-                      n_local_layers=4, d_local=256, n_local_heads=4),
+        "nano": dict(
+            patch_size=4,
+            n_global_layers=2,
+            d_global=64,
+            n_global_heads=2,
+            n_local_layers=1,
+            d_local=32,
+            n_local_heads=1,
+        ),
+        "micro": dict(
+            patch_size=4,
+            n_global_layers=4,
+            d_global=128,
+            n_global_heads=2,
+            n_local_layers=2,
+            d_local=64,
+            n_local_heads=2,
+        ),
+        "micro-ngram": dict(
+            patch_size=4,
+            n_global_layers=4,
+            d_global=128,
+            n_global_heads=2,
+            n_local_layers=2,
+            d_local=64,
+            n_local_heads=2,
+            ngram_max=3,
+            ngram_buckets=4096,
+        ),
+        "tiny": dict(
+            patch_size=4,
+            n_global_layers=6,
+            d_global=256,
+            n_global_heads=4,
+            n_local_layers=2,
+            d_local=128,
+            n_local_heads=2,
+        ),
+        "small": dict(
+            patch_size=8,
+            n_global_layers=12,
+            d_global=512,
+            n_global_heads=8,
+            n_local_layers=4,
+            d_local=256,
+            n_local_heads=4,
+        ),
     },
     cpu_presets=("nano",),
 )
@@ -223,9 +274,18 @@ class BytePatch(LumiModel):
     def param_formula(self) -> dict[str, int]:
         c = self.config
         gc, lc = c.global_config(), c.local_config()
-        embedding = c.vocab_size * (c.byte_dim + 2 * c.d_local) + ngram_params(c.ngram_max, c.ngram_buckets, c.byte_dim)
-        total = (embedding + c.d_global + c.d_local + c.byte_dim * c.d_local
-                 + c.n_global_layers * block_params(gc) + c.n_local_layers * block_params(lc) + c.d_local)
+        embedding = c.vocab_size * (c.byte_dim + 2 * c.d_local) + ngram_params(
+            c.ngram_max, c.ngram_buckets, c.byte_dim
+        )
+        total = (
+            embedding
+            + c.d_global
+            + c.d_local
+            + c.byte_dim * c.d_local
+            + c.n_global_layers * block_params(gc)
+            + c.n_local_layers * block_params(lc)
+            + c.d_local
+        )
         return {"total": total, "non_embedding": total - embedding}
 
     def flops_per_token(self, seq_len: int) -> float:
@@ -233,8 +293,10 @@ class BytePatch(LumiModel):
         gc, lc = c.global_config(), c.local_config()
         k = num_patches(seq_len, c.patch_size)
         positions = k * c.patch_size
-        fwd = (k * c.n_global_layers * block_forward_flops(gc, k)
-               + positions * 2.0 * c.byte_dim * c.d_local
-               + positions * c.n_local_layers * block_forward_flops(lc, c.patch_size)
-               + seq_len * 2.0 * c.d_local * c.vocab_size)
+        fwd = (
+            k * c.n_global_layers * block_forward_flops(gc, k)
+            + positions * 2.0 * c.byte_dim * c.d_local
+            + positions * c.n_local_layers * block_forward_flops(lc, c.patch_size)
+            + seq_len * 2.0 * c.d_local * c.vocab_size
+        )
         return 3.0 * fwd / seq_len

@@ -101,8 +101,9 @@ class KVCache:
         return total
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0,
-                     use_flash_attn: bool = False) -> torch.Tensor:
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, use_flash_attn: bool = False
+) -> torch.Tensor:
     """Causal attention for q [B, H, Tq, D] against k/v [B, H, Tk, D] where the queries are the
     last Tq of the Tk positions (Tq == Tk in training; Tq < Tk when decoding with a cache)."""
     tq, tk = q.shape[2], k.shape[2]
@@ -122,19 +123,33 @@ def _flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: fl
     try:
         from flash_attn import flash_attn_func  # optional; only on CUDA with fp16/bf16
     except ImportError:
-        raise LumiError("attention='flash_attn' needs the flash-attn package (pip install flash-attn); "
-                        "use attention='sdpa' (the default), which picks a flash kernel when available") from None
+        raise LumiError(
+            "attention='flash_attn' needs the flash-attn package (pip install flash-attn); "
+            "use attention='sdpa' (the default), which picks a flash kernel when available"
+        ) from None
     # flash_attn wants [B, T, H, D]; bottom-right-aligned causal mask handles cached prefixes.
-    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p, causal=True)
+    out = flash_attn_func(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p, causal=True
+    )
     return out.transpose(1, 2)
 
 
 class Attention(nn.Module):
     """Multi-head attention with grouped KV heads, RoPE, optional QK RMS-norm, no biases."""
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, rope_theta: float = 10000.0,
-                 qk_norm: bool = False, dropout: float = 0.0, use_rope: bool = True, use_flash_attn: bool = False,
-                 norm_eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        rope_theta: float = 10000.0,
+        qk_norm: bool = False,
+        dropout: float = 0.0,
+        use_rope: bool = True,
+        use_flash_attn: bool = False,
+        norm_eps: float = 1e-5,
+    ) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=False)
@@ -211,8 +226,13 @@ def init_linear_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.normal_(m.weight, mean=0.0, std=std)
 
 
-def scale_residual_projections(module: nn.Module, n_layers: int, zero: bool = False, std: float = 0.02,
-                               names: tuple[str, ...] = ("o_proj", "down_proj")) -> None:
+def scale_residual_projections(
+    module: nn.Module,
+    n_layers: int,
+    zero: bool = False,
+    std: float = 0.02,
+    names: tuple[str, ...] = ("o_proj", "down_proj"),
+) -> None:
     """GPT-2 style: residual output projections get std / sqrt(2 * n_layers), or zeros."""
     for name, p in module.named_parameters():
         if any(name.endswith(f"{n}.weight") for n in names):

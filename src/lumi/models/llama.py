@@ -85,7 +85,9 @@ class LlamaConfig(ModelConfig):
         if self.mlp not in MLP_ACTIVATIONS:
             raise LumiError(f"mlp must be one of {', '.join(MLP_ACTIVATIONS)}, got {self.mlp!r}")
         if self.attention not in ATTENTION_BACKENDS:
-            raise LumiError(f"attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}")
+            raise LumiError(
+                f"attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise LumiError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.logit_softcap is not None and self.logit_softcap <= 0:
@@ -98,8 +100,17 @@ class Block(nn.Module):
     def __init__(self, c: LlamaConfig, mlp: nn.Module | None = None) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.attn = Attention(c.d_model, c.n_heads, c.kv_heads, c.dim_head, c.rope_theta, c.qk_norm, c.dropout,
-                              use_flash_attn=c.attention == "flash_attn", norm_eps=c.norm_eps)
+        self.attn = Attention(
+            c.d_model,
+            c.n_heads,
+            c.kv_heads,
+            c.dim_head,
+            c.rope_theta,
+            c.qk_norm,
+            c.dropout,
+            use_flash_attn=c.attention == "flash_attn",
+            norm_eps=c.norm_eps,
+        )
         self.mlp_norm = RMSNorm(c.d_model, c.norm_eps)
         self.mlp = mlp if mlp is not None else MLP(c.d_model, c.ffn, c.mlp, c.dropout)
         self.resid_dropout = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
@@ -166,6 +177,8 @@ class Llama(LumiModel):
         init_linear_weights(self, c.init_std)
         scale_residual_projections(self, c.n_layers, zero=c.zero_init_proj, std=c.init_std)
 
+    supports_cache = True
+
     def new_cache(self) -> KVCache:
         return KVCache(layers=[LayerKVCache() for _ in self.blocks])
 
@@ -191,5 +204,6 @@ class Llama(LumiModel):
     def flops_per_token(self, seq_len: int) -> float:
         c = self.config
         matmul = c.n_layers * llama_layer_matmul_params(c) + c.vocab_size * c.d_model
-        return 6.0 * matmul + attention_flops_per_token(c.n_layers, seq_len, c.n_heads * c.dim_head,
-                                                        c.n_heads * c.dim_head)
+        return 6.0 * matmul + attention_flops_per_token(
+            c.n_layers, seq_len, c.n_heads * c.dim_head, c.n_heads * c.dim_head
+        )

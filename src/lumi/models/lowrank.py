@@ -117,7 +117,10 @@ def _random_orthonormal(rows: int, cols: int) -> torch.Tensor:
 
 def _factorise_block(block: Block, c: LowRankConfig) -> Block:
     """Swap the block's dense linears for low-rank ones of the same shape."""
-    for parent, names, rank in ((block.attn, ATTN_LINEARS, c.attn_rank), (block.mlp, MLP_LINEARS, c.mlp_rank)):
+    for parent, names, rank in (
+        (block.attn, ATTN_LINEARS, c.attn_rank),
+        (block.mlp, MLP_LINEARS, c.mlp_rank),
+    ):
         for name in names:
             dense = getattr(parent, name, None)
             if isinstance(dense, nn.Linear):
@@ -146,7 +149,7 @@ def lowrank_param_formula(c: LowRankConfig) -> dict[str, int]:
         return min(m, n) if r is None else min(r, m, n)
 
     n_mlp = 3 if c.mlp == "swiglu" else 2
-    singular = (2 * rank(d, hd, c.attn_rank) + 2 * rank(d, kvd, c.attn_rank) + n_mlp * rank(d, f, c.mlp_rank))
+    singular = 2 * rank(d, hd, c.attn_rank) + 2 * rank(d, kvd, c.attn_rank) + n_mlp * rank(d, f, c.mlp_rank)
     per_layer = lowrank_layer_matmul_params(c) + singular + 2 * d + (2 * c.dim_head if c.qk_norm else 0)
     embedding = c.vocab_size * d * (1 if c.tie_embeddings else 2)
     total = c.n_layers * per_layer + d + embedding
@@ -205,5 +208,6 @@ class LowRank(Llama):
     def flops_per_token(self, seq_len: int) -> float:
         c = self.config
         matmul = c.n_layers * lowrank_layer_matmul_params(c) + c.vocab_size * c.d_model
-        return 6.0 * matmul + attention_flops_per_token(c.n_layers, seq_len, c.n_heads * c.dim_head,
-                                                        c.n_heads * c.dim_head)
+        return 6.0 * matmul + attention_flops_per_token(
+            c.n_layers, seq_len, c.n_heads * c.dim_head, c.n_heads * c.dim_head
+        )

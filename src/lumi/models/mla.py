@@ -58,9 +58,13 @@ class MLAConfig(LlamaConfig):
         if self.rope_dim < 2 or self.rope_dim % 2:
             raise LumiError(f"rope_dim must be an even number >= 2, got {self.rope_dim}")
         if self.n_kv_heads is not None:
-            raise LumiError("n_kv_heads does not apply to mla (keys/values come from the shared latent); leave it null")
+            raise LumiError(
+                "n_kv_heads does not apply to mla (keys/values come from the shared latent); leave it null"
+            )
         if self.qk_norm:
-            raise LumiError("qk_norm does not apply to mla (it normalises the latents instead, see latent_norm)")
+            raise LumiError(
+                "qk_norm does not apply to mla (it normalises the latents instead, see latent_norm)"
+            )
         if self.attention != "sdpa":
             raise LumiError(f"attention must be 'sdpa' for mla, got {self.attention!r}")
 
@@ -82,7 +86,9 @@ class MLALayerCache:
         return 0 if self.c_kv is None else self.c_kv.shape[1]
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float) -> torch.Tensor:
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float
+) -> torch.Tensor:
     """Causal SDPA where the Tq queries are the last Tq of the Tk key positions."""
     tq, tk = q.shape[2], k.shape[2]
     if tq == tk:
@@ -95,7 +101,12 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dro
 class MultiHeadLatentAttention(nn.Module):
     def __init__(self, c: MLAConfig) -> None:
         super().__init__()
-        self.n_heads, self.head_dim, self.rope_dim, self.kv_latent = c.n_heads, c.dim_head, c.rope_dim, c.kv_latent
+        self.n_heads, self.head_dim, self.rope_dim, self.kv_latent = (
+            c.n_heads,
+            c.dim_head,
+            c.rope_dim,
+            c.kv_latent,
+        )
         self.absorb = c.absorb
         self.dropout = c.dropout
         qk_head = c.dim_head + c.rope_dim
@@ -141,8 +152,9 @@ class MultiHeadLatentAttention(nn.Module):
             y = _attend(torch.cat([q_c, q_r], dim=-1), k, v, self.scale, dropout_p)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, h * dh))
 
-    def _absorbed(self, q_c: torch.Tensor, q_r: torch.Tensor, c_kv: torch.Tensor, k_r: torch.Tensor,
-                  dropout_p: float) -> torch.Tensor:
+    def _absorbed(
+        self, q_c: torch.Tensor, q_r: torch.Tensor, c_kv: torch.Tensor, k_r: torch.Tensor, dropout_p: float
+    ) -> torch.Tensor:
         """Scores q_c . (W_UK,h c) = (W_UK,h^T q_c) . c: attend over the latent, then apply W_UV,h."""
         b, h, t, dh = q_c.shape
         tk, dc = c_kv.shape[1], self.kv_latent

@@ -81,16 +81,22 @@ class MoEConfig(LlamaConfig):
         if not 1 <= self.top_k <= self.n_experts:
             raise LumiError(f"top_k must be in 1..n_experts={self.n_experts}, got {self.top_k}")
         if self.expert_hidden is None and self.ffn % self.top_k:
-            raise LumiError(f"expert_hidden=None means ffn_hidden // top_k, but ffn_hidden={self.ffn} is not "
-                            f"divisible by top_k={self.top_k}; set expert_hidden explicitly")
+            raise LumiError(
+                f"expert_hidden=None means ffn_hidden // top_k, but ffn_hidden={self.ffn} is not "
+                f"divisible by top_k={self.top_k}; set expert_hidden explicitly"
+            )
         if self.expert_hidden is not None and self.expert_hidden < 1:
-            raise LumiError(f"expert_hidden must be >= 1 or null (= ffn_hidden // top_k), got {self.expert_hidden}")
+            raise LumiError(
+                f"expert_hidden must be >= 1 or null (= ffn_hidden // top_k), got {self.expert_hidden}"
+            )
         if self.load_balance_weight < 0:
             raise LumiError(f"load_balance_weight must be >= 0, got {self.load_balance_weight}")
         if self.z_loss_weight < 0:
             raise LumiError(f"z_loss_weight must be >= 0 (0 = off), got {self.z_loss_weight}")
         if self.capacity_factor is not None and self.capacity_factor <= 0:
-            raise LumiError(f"capacity_factor must be > 0 or null (no capacity limit), got {self.capacity_factor}")
+            raise LumiError(
+                f"capacity_factor must be > 0 or null (no capacity limit), got {self.capacity_factor}"
+            )
 
 
 @dataclass
@@ -114,7 +120,9 @@ class MoEMLP(nn.Module):
         self.renormalize = c.renormalize_gates
         self.capacity_factor = c.capacity_factor
         self.router = nn.Linear(c.d_model, c.n_experts, bias=False)
-        self.experts = nn.ModuleList([MLP(c.d_model, c.expert_width, c.mlp, c.dropout) for _ in range(c.n_experts)])
+        self.experts = nn.ModuleList(
+            [MLP(c.d_model, c.expert_width, c.mlp, c.dropout) for _ in range(c.n_experts)]
+        )
         self.load_balance: torch.Tensor | None = None  # E * sum_i f_i P_i (unweighted)
         self.z_loss: torch.Tensor | None = None  # mean logsumexp^2 (unweighted)
         self.dropped_frac = 0.0
@@ -226,10 +234,13 @@ class MoE(Llama):
         total = sum(p.numel() for p in self.parameters())
         c = self.config
         inactive = c.n_layers * (c.n_experts - c.top_k) * mlp_params(c.d_model, c.expert_width, c.mlp)
-        return ParamCounts(total=total, non_embedding=total - self.embedding_params(), active=total - inactive)
+        return ParamCounts(
+            total=total, non_embedding=total - self.embedding_params(), active=total - inactive
+        )
 
     def flops_per_token(self, seq_len: int) -> float:
         c = self.config
         matmul = c.n_layers * moe_layer_matmul_params(c, active=True) + c.vocab_size * c.d_model
-        return 6.0 * matmul + attention_flops_per_token(c.n_layers, seq_len, c.n_heads * c.dim_head,
-                                                        c.n_heads * c.dim_head)
+        return 6.0 * matmul + attention_flops_per_token(
+            c.n_layers, seq_len, c.n_heads * c.dim_head, c.n_heads * c.dim_head
+        )

@@ -77,7 +77,9 @@ class MultiScaleConfig(LlamaConfig):
         if self.fusion not in FUSIONS:
             raise LumiError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
         if self.early_positions not in EARLY_POSITIONS:
-            raise LumiError(f"early_positions must be one of {', '.join(EARLY_POSITIONS)}, got {self.early_positions!r}")
+            raise LumiError(
+                f"early_positions must be one of {', '.join(EARLY_POSITIONS)}, got {self.early_positions!r}"
+            )
         if self.attention != "sdpa":
             raise LumiError(f"attention must be 'sdpa' for multiscale, got {self.attention!r}")
 
@@ -88,7 +90,9 @@ def parse_windows(windows: str | list | tuple) -> tuple[int, ...]:
     try:
         sizes = tuple(int(str(w).strip()) for w in items)
     except ValueError:
-        raise LumiError(f"windows must be comma-separated positive integers like '1,4,16,64', got {windows!r}") from None
+        raise LumiError(
+            f"windows must be comma-separated positive integers like '1,4,16,64', got {windows!r}"
+        ) from None
     if not sizes or any(w < 1 for w in sizes) or len(set(sizes)) != len(sizes):
         raise LumiError(f"windows must be distinct positive integers like '1,4,16,64', got {windows!r}")
     return sizes
@@ -136,7 +140,7 @@ class MultiScaleMixer(nn.Module):
             out = out + weights[s] * (total / count)
         if cache is not None:
             keep = max(self.windows) - 1
-            cache.v = seq[:, seq.shape[1] - min(keep, seq.shape[1]):].detach() if keep > 0 else None
+            cache.v = seq[:, seq.shape[1] - min(keep, seq.shape[1]) :].detach() if keep > 0 else None
             cache.length = offset + t
         return self.o_proj(out.to(x.dtype))
 
@@ -170,8 +174,16 @@ class NoPEBlock(nn.Module):
     def __init__(self, c: MultiScaleConfig) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.attn = Attention(c.d_model, c.n_heads, c.kv_heads, c.dim_head, qk_norm=c.qk_norm, dropout=c.dropout,
-                              use_rope=False, norm_eps=c.norm_eps)
+        self.attn = Attention(
+            c.d_model,
+            c.n_heads,
+            c.kv_heads,
+            c.dim_head,
+            qk_norm=c.qk_norm,
+            dropout=c.dropout,
+            use_rope=False,
+            norm_eps=c.norm_eps,
+        )
         self.mlp_norm = RMSNorm(c.d_model, c.norm_eps)
         self.mlp = MLP(c.d_model, c.ffn, c.mlp, c.dropout)
         self.resid_dropout = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
@@ -208,9 +220,13 @@ def multiscale_param_formula(c: MultiScaleConfig) -> dict[str, int]:
     presets={
         # Parameter-matched to the llama preset of the same name (see docs/architectures/multiscale.md):
         # the FFN width absorbs the parameters the mixers save over attention.
-        "nano": dict(n_layers=2, d_model=64, n_heads=2, attn_every=2, ffn_hidden=277),  # llama:nano +128 (+0.1%)
+        "nano": dict(
+            n_layers=2, d_model=64, n_heads=2, attn_every=2, ffn_hidden=277
+        ),  # llama:nano +128 (+0.1%)
         "micro": dict(n_layers=4, d_model=128, n_heads=2, ffn_hidden=575),  # == llama:micro exactly
-        "micro_deep": dict(n_layers=5, d_model=128, n_heads=2, ffn_hidden=443),  # llama:micro +896 (+0.085%), deeper
+        "micro_deep": dict(
+            n_layers=5, d_model=128, n_heads=2, ffn_hidden=443
+        ),  # llama:micro +896 (+0.085%), deeper
         "tiny": dict(n_layers=6, d_model=256, n_heads=4, ffn_hidden=1165),  # llama:tiny -512 (-0.008%)
         "small": dict(n_layers=12, d_model=512, n_heads=8, ffn_hidden=2303),  # == llama:small exactly
     },
@@ -225,7 +241,9 @@ class MultiScale(Llama):
 
     def new_cache(self) -> KVCache:
         c = self.config
-        return KVCache(layers=[LayerKVCache() if c.is_attention_layer(i) else MixerCache() for i in range(c.n_layers)])
+        return KVCache(
+            layers=[LayerKVCache() if c.is_attention_layer(i) else MixerCache() for i in range(c.n_layers)]
+        )
 
     def stats(self) -> dict[str, float]:
         return {"attention_layers": float(self.config.n_attention_layers)}
@@ -235,7 +253,10 @@ class MultiScale(Llama):
         n_attn = c.n_attention_layers
         n_mix = c.n_layers - n_attn
         mlp = mlp_params(c.d_model, c.ffn, c.mlp)
-        matmul = (n_attn * (attention_layer_matmul_params(c) + mlp) + n_mix * (mixer_layer_matmul_params(c) + mlp)
-                  + c.vocab_size * c.d_model)
+        matmul = (
+            n_attn * (attention_layer_matmul_params(c) + mlp)
+            + n_mix * (mixer_layer_matmul_params(c) + mlp)
+            + c.vocab_size * c.d_model
+        )
         qk = c.n_heads * c.dim_head
         return 6.0 * matmul + attention_flops_per_token(n_attn, seq_len, qk, qk)

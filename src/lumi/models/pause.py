@@ -73,8 +73,9 @@ def internal_length(seq_len: int, n_pause: int, pause_every: int) -> int:
     return seq_len + n_pause * (seq_len // pause_every)
 
 
-def pause_layout(seq_len: int, n_pause: int, pause_every: int, device: torch.device | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def pause_layout(
+    seq_len: int, n_pause: int, pause_every: int, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Index maps for T real tokens.
 
     Returns ``source`` [L]: for each internal position, the row of cat([real tokens (T rows),
@@ -159,5 +160,6 @@ class Pause(LumiModel):
         length = internal_length(seq_len, c.n_pause, c.pause_every)
         width = c.n_heads * c.dim_head
         stack = 6.0 * c.n_layers * llama_layer_matmul_params(c) + attention_flops_per_token(
-            c.n_layers, length, width, width)
+            c.n_layers, length, width, width
+        )
         return stack * length / seq_len + 6.0 * c.vocab_size * c.d_model

@@ -37,8 +37,13 @@ from torch.utils.checkpoint import checkpoint
 
 from lumi.errors import LumiError
 from lumi.models.layers import KVCache, LayerKVCache, init_linear_weights, scale_residual_projections
-from lumi.models.llama import Llama, LlamaConfig, attention_flops_per_token, llama_layer_matmul_params, \
-    llama_param_formula
+from lumi.models.llama import (
+    Llama,
+    LlamaConfig,
+    attention_flops_per_token,
+    llama_layer_matmul_params,
+    llama_param_formula,
+)
 from lumi.models.registry import register
 
 
@@ -79,8 +84,10 @@ class RecurrentConfig(LlamaConfig):
             raise LumiError(f"loops must be >= 1 (1 = the llama baseline), got {self.loops}")
         start, end = self.span
         if not 0 <= start < end <= self.n_layers:
-            raise LumiError(f"loop_start/loop_end must satisfy 0 <= loop_start < loop_end <= n_layers={self.n_layers}, "
-                            f"got loop_start={self.loop_start}, loop_end={self.loop_end}")
+            raise LumiError(
+                f"loop_start/loop_end must satisfy 0 <= loop_start < loop_end <= n_layers={self.n_layers}, "
+                f"got loop_start={self.loop_start}, loop_end={self.loop_end}"
+            )
 
 
 @register(
@@ -112,8 +119,10 @@ class Recurrent(Llama):
         """(attention, MLP) branch scales of extra pass ``extra_pass`` (1 = the second pass) of a looped block."""
         i = self.config.span[0]
         shape = self.scales_shape
-        return (self.attn_scales.view(shape)[extra_pass - 1, block - i],
-                self.mlp_scales.view(shape)[extra_pass - 1, block - i])
+        return (
+            self.attn_scales.view(shape)[extra_pass - 1, block - i],
+            self.mlp_scales.view(shape)[extra_pass - 1, block - i],
+        )
 
     @property
     def unique_depth(self) -> int:
@@ -134,8 +143,9 @@ class Recurrent(Llama):
     def new_cache(self) -> KVCache:
         return KVCache(layers=[LayerKVCache() for _ in range(self.config.effective_depth)])
 
-    def _extra_pass(self, block: nn.Module, x: torch.Tensor, a: torch.Tensor, m: torch.Tensor,
-                    cache: LayerKVCache | None) -> torch.Tensor:
+    def _extra_pass(
+        self, block: nn.Module, x: torch.Tensor, a: torch.Tensor, m: torch.Tensor, cache: LayerKVCache | None
+    ) -> torch.Tensor:
         x = x + a * block.resid_dropout(block.attn(block.attn_norm(x), cache))
         return x + m * block.mlp(block.mlp_norm(x))
 
@@ -150,7 +160,11 @@ class Recurrent(Llama):
                 x = checkpoint(block, x, use_reentrant=False) if use_ckpt else block(x, layer_cache)
             else:
                 args = (block, x, *self.pass_scales(p, i), layer_cache)
-                x = checkpoint(self._extra_pass, *args, use_reentrant=False) if use_ckpt else self._extra_pass(*args)
+                x = (
+                    checkpoint(self._extra_pass, *args, use_reentrant=False)
+                    if use_ckpt
+                    else self._extra_pass(*args)
+                )
         if cache is not None:
             cache.position += tokens.shape[1]
         return self.norm(x)
@@ -162,8 +176,9 @@ class Recurrent(Llama):
         c = self.config
         depth = c.effective_depth
         matmul = depth * llama_layer_matmul_params(c) + c.vocab_size * c.d_model
-        return 6.0 * matmul + attention_flops_per_token(depth, seq_len, c.n_heads * c.dim_head,
-                                                        c.n_heads * c.dim_head)
+        return 6.0 * matmul + attention_flops_per_token(
+            depth, seq_len, c.n_heads * c.dim_head, c.n_heads * c.dim_head
+        )
 
 
 def recurrent_param_formula(c: RecurrentConfig) -> dict[str, int]:
@@ -172,4 +187,3 @@ def recurrent_param_formula(c: RecurrentConfig) -> dict[str, int]:
     start, end = c.span
     scales = 2 * (c.loops - 1) * (end - start) * (c.d_model if c.per_channel_scales else 1)
     return {"total": base["total"] + scales, "non_embedding": base["non_embedding"] + scales}
-

@@ -20,9 +20,10 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lumi.errors import LumiError, closest
 from lumi.models.base import LumiModel, ModelConfig
@@ -108,7 +109,9 @@ def load_model_file(path: str | Path) -> list[str]:
     """Import a user's Python file so its ``@register`` calls run. Returns the new names."""
     p = Path(path)
     if not p.is_file():
-        raise LumiError(f"model file {str(p)!r} does not exist (expected a .py file that calls lumi.register)")
+        raise LumiError(
+            f"model file {str(p)!r} does not exist (expected a .py file that calls lumi.register)"
+        )
     _load_builtins()
     before = set(_REGISTRY)
     mod_name = f"lumi_plugin_{abs(hash(str(p.resolve())))}"
@@ -148,8 +151,9 @@ def model_file_hashes(files: list[str]) -> dict[str, str | None]:
     return out
 
 
-def require_model_files(recorded: list[str], hashes: dict[str, str | None] | None, run: str | Path,
-                        model: str) -> None:
+def require_model_files(
+    recorded: list[str], hashes: dict[str, str | None] | None, run: str | Path, model: str
+) -> None:
     """LumiError unless every plugin file a run recorded was imported from the command line in this process.
 
     A recorded file counts as passed when a loaded file has its resolved path or its content (sha256 from
@@ -165,9 +169,11 @@ def require_model_files(recorded: list[str], hashes: dict[str, str | None] | Non
         want = hashes.get(path) or hashes.get(str(f))
         if path in _LOADED_FILES:
             if want and _LOADED_FILES[path] != want:
-                raise LumiError(f"plugin file {path!r} changed since run {str(run)!r} was trained (sha256 "
-                                f"{_LOADED_FILES[path][:12]} != recorded {want[:12]}); restore the file it was "
-                                f"trained with, or start a new run")
+                raise LumiError(
+                    f"plugin file {path!r} changed since run {str(run)!r} was trained (sha256 "
+                    f"{_LOADED_FILES[path][:12]} != recorded {want[:12]}); restore the file it was "
+                    f"trained with, or start a new run"
+                )
             continue
         if want is None:
             try:
@@ -182,9 +188,11 @@ def require_model_files(recorded: list[str], hashes: dict[str, str | None] | Non
         missing.append(str(f))
     if missing:
         flags = " ".join(f"--model-file {m}" for m in missing)
-        raise LumiError(f"run {str(run)!r} uses model {model!r} from plugin file(s) {', '.join(missing)}, which "
-                        f"were not passed on this command line: pass {flags} (with the file's path here); Lumi "
-                        f"does not import code named inside a run directory")
+        raise LumiError(
+            f"run {str(run)!r} uses model {model!r} from plugin file(s) {', '.join(missing)}, which "
+            f"were not passed on this command line: pass {flags} (with the file's path here); Lumi "
+            f"does not import code named inside a run directory"
+        )
 
 
 def list_models() -> list[ModelSpec]:
@@ -196,7 +204,9 @@ def get_spec(name: str) -> ModelSpec:
     _load_builtins()
     if name not in _REGISTRY:
         names = sorted(_REGISTRY)
-        raise LumiError(f"unknown model {name!r}{closest(name, names)}; registered models: {', '.join(names)}")
+        raise LumiError(
+            f"unknown model {name!r}{closest(name, names)}; registered models: {', '.join(names)}"
+        )
     return _REGISTRY[name]
 
 

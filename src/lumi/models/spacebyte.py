@@ -73,8 +73,8 @@ from lumi.models.byte_utils import (
     gather_rows,
     global_capacity,
     make_windowed,
-    running_budget,
     ngram_params,
+    running_budget,
     scatter_add_rows,
     spacelike_boundaries,
     sub_config,
@@ -114,8 +114,10 @@ class SpaceByteConfig(ModelConfig):
     def validate(self) -> None:
         super().validate()
         if self.vocab_size < 256:
-            raise LumiError(f"vocab_size must be >= 256 for a byte model (the bytes tokenizer has 257: 256 byte "
-                            f"values + separator), got {self.vocab_size}")
+            raise LumiError(
+                f"vocab_size must be >= 256 for a byte model (the bytes tokenizer has 257: 256 byte "
+                f"values + separator), got {self.vocab_size}"
+            )
         for name in ("n_local_before", "n_local_after"):
             if getattr(self, name) < 0:
                 raise LumiError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -123,12 +125,18 @@ class SpaceByteConfig(ModelConfig):
             if getattr(self, name) < 1:
                 raise LumiError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.d_global < self.d_local:
-            raise LumiError(f"d_global={self.d_global} must be >= d_local={self.d_local} (the local stream is "
-                            "zero-padded to d_global for the global blocks)")
+            raise LumiError(
+                f"d_global={self.d_global} must be >= d_local={self.d_local} (the local stream is "
+                "zero-padded to d_global for the global blocks)"
+            )
         if self.local_window is not None and self.local_window < 1:
-            raise LumiError(f"local_window must be >= 1 or null (full causal attention), got {self.local_window}")
+            raise LumiError(
+                f"local_window must be >= 1 or null (full causal attention), got {self.local_window}"
+            )
         if self.global_merge not in GLOBAL_MERGES:
-            raise LumiError(f"global_merge must be one of {', '.join(GLOBAL_MERGES)}, got {self.global_merge!r}")
+            raise LumiError(
+                f"global_merge must be one of {', '.join(GLOBAL_MERGES)}, got {self.global_merge!r}"
+            )
         if self.mlp not in MLP_ACTIVATIONS:
             raise LumiError(f"mlp must be one of {', '.join(MLP_ACTIVATIONS)}, got {self.mlp!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -138,16 +146,32 @@ class SpaceByteConfig(ModelConfig):
         self.global_config()
 
     def _stack(self, d: int, n_layers: int, n_heads: int, field: str) -> LlamaConfig:
-        return sub_config(d_model=d, n_layers=n_layers, n_heads=n_heads, mlp=self.mlp, ffn_mult=self.ffn_mult,
-                          qk_norm=self.qk_norm, norm_eps=self.norm_eps, rope_theta=self.rope_theta,
-                          dropout=self.dropout, init_std=self.init_std, field=field)
+        return sub_config(
+            d_model=d,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            mlp=self.mlp,
+            ffn_mult=self.ffn_mult,
+            qk_norm=self.qk_norm,
+            norm_eps=self.norm_eps,
+            rope_theta=self.rope_theta,
+            dropout=self.dropout,
+            init_std=self.init_std,
+            field=field,
+        )
 
     def local_config(self) -> LlamaConfig:
-        return self._stack(self.d_local, self.n_local_before + self.n_local_after, self.n_local_heads,
-                           "d_local/n_local_heads")
+        return self._stack(
+            self.d_local,
+            self.n_local_before + self.n_local_after,
+            self.n_local_heads,
+            "d_local/n_local_heads",
+        )
 
     def global_config(self) -> LlamaConfig:
-        return self._stack(self.d_global, self.n_global_layers, self.n_global_heads, "d_global/n_global_heads")
+        return self._stack(
+            self.d_global, self.n_global_layers, self.n_global_heads, "d_global/n_global_heads"
+        )
 
 
 class LocalGlobalModel(LumiModel):
@@ -166,11 +190,13 @@ class LocalGlobalModel(LumiModel):
         lc, gc = c.local_config(), c.global_config()
         self.embed = nn.Embedding(c.vocab_size, c.d_local)  # first: the token-fed embedding
         self.ngrams = HashNgramEmbedding(c.ngram_max, c.ngram_buckets, c.d_local) if c.ngram_max else None
-        self.local_before = nn.ModuleList([make_windowed(Block(lc), lc, c.local_window)
-                                           for _ in range(c.n_local_before)])
+        self.local_before = nn.ModuleList(
+            [make_windowed(Block(lc), lc, c.local_window) for _ in range(c.n_local_before)]
+        )
         self.global_blocks = nn.ModuleList([Block(gc) for _ in range(c.n_global_layers)])
-        self.local_after = nn.ModuleList([make_windowed(Block(lc), lc, c.local_window)
-                                          for _ in range(c.n_local_after)])
+        self.local_after = nn.ModuleList(
+            [make_windowed(Block(lc), lc, c.local_window) for _ in range(c.n_local_after)]
+        )
         self.norm = RMSNorm(c.d_local, c.norm_eps)
         self.lm_head = nn.Linear(c.d_local, c.vocab_size, bias=False)
         self._stats: dict[str, float] = {}
@@ -210,7 +236,7 @@ class LocalGlobalModel(LumiModel):
         for block in self.global_blocks:
             g = block(g)
         update = g - g_in if c.global_merge == "delta" else g
-        x = scatter_add_rows(x, index, update[..., -c.d_local:])
+        x = scatter_add_rows(x, index, update[..., -c.d_local :])
 
         for block in self.local_after:
             x = block(x)
@@ -225,17 +251,23 @@ class LocalGlobalModel(LumiModel):
         c = self.config
         lc, gc = c.local_config(), c.global_config()
         embedding = 2 * c.vocab_size * c.d_local + ngram_params(c.ngram_max, c.ngram_buckets, c.d_local)
-        total = (embedding + (c.n_local_before + c.n_local_after) * block_params(lc)
-                 + c.n_global_layers * block_params(gc) + c.d_local)
+        total = (
+            embedding
+            + (c.n_local_before + c.n_local_after) * block_params(lc)
+            + c.n_global_layers * block_params(gc)
+            + c.d_local
+        )
         return {"total": total, "non_embedding": total - embedding}
 
     def flops_per_token(self, seq_len: int) -> float:
         c = self.config
         lc, gc = c.local_config(), c.global_config()
         cap = global_capacity(seq_len, c.global_patch_len)
-        fwd = ((c.n_local_before + c.n_local_after) * block_forward_flops(lc, seq_len)
-               + cap / seq_len * c.n_global_layers * block_forward_flops(gc, cap)
-               + 2.0 * c.d_local * c.vocab_size)
+        fwd = (
+            (c.n_local_before + c.n_local_after) * block_forward_flops(lc, seq_len)
+            + cap / seq_len * c.n_global_layers * block_forward_flops(gc, cap)
+            + 2.0 * c.d_local * c.vocab_size
+        )
         return 3.0 * fwd
 
 
@@ -243,14 +275,54 @@ class LocalGlobalModel(LumiModel):
     "spacebyte",
     description="SpaceByte: byte Transformer with wide global blocks only at word boundaries (spacelike bytes)",
     presets={
-        "nano": dict(d_local=32, n_local_heads=1, n_local_before=1, n_local_after=1, local_window=16,
-                     d_global=64, n_global_heads=2, n_global_layers=2, max_patch=8, global_patch_len=4),
-        "micro": dict(d_local=64, n_local_heads=2, n_local_before=1, n_local_after=1, local_window=64,
-                      d_global=128, n_global_heads=2, n_global_layers=4, max_patch=16, global_patch_len=4),
-        "tiny": dict(d_local=128, n_local_heads=2, n_local_before=2, n_local_after=2, local_window=128,
-                     d_global=256, n_global_heads=4, n_global_layers=6, max_patch=16, global_patch_len=4),
-        "small": dict(d_local=256, n_local_heads=4, n_local_before=2, n_local_after=2, local_window=256,
-                      d_global=512, n_global_heads=8, n_global_layers=12, max_patch=16, global_patch_len=6),
+        "nano": dict(
+            d_local=32,
+            n_local_heads=1,
+            n_local_before=1,
+            n_local_after=1,
+            local_window=16,
+            d_global=64,
+            n_global_heads=2,
+            n_global_layers=2,
+            max_patch=8,
+            global_patch_len=4,
+        ),
+        "micro": dict(
+            d_local=64,
+            n_local_heads=2,
+            n_local_before=1,
+            n_local_after=1,
+            local_window=64,
+            d_global=128,
+            n_global_heads=2,
+            n_global_layers=4,
+            max_patch=16,
+            global_patch_len=4,
+        ),
+        "tiny": dict(
+            d_local=128,
+            n_local_heads=2,
+            n_local_before=2,
+            n_local_after=2,
+            local_window=128,
+            d_global=256,
+            n_global_heads=4,
+            n_global_layers=6,
+            max_patch=16,
+            global_patch_len=4,
+        ),
+        "small": dict(
+            d_local=256,
+            n_local_heads=4,
+            n_local_before=2,
+            n_local_after=2,
+            local_window=256,
+            d_global=512,
+            n_global_heads=8,
+            n_global_layers=12,
+            max_patch=16,
+            global_patch_len=6,
+        ),
     },
     cpu_presets=("nano",),
 )

@@ -184,6 +184,9 @@ class UTAct(LumiModel):
     def flops_per_token(self, seq_len: int) -> float:
         c = self.config
         width = c.n_heads * c.dim_head
-        matmul = (c.max_steps * c.n_layers * llama_layer_matmul_params(c) + (c.max_steps - 1) * c.d_model
-                  + c.vocab_size * c.d_model)
+        matmul = (
+            c.max_steps * c.n_layers * llama_layer_matmul_params(c)
+            + (c.max_steps - 1) * c.d_model
+            + c.vocab_size * c.d_model
+        )
         return 6.0 * matmul + attention_flops_per_token(c.max_steps * c.n_layers, seq_len, width, width)

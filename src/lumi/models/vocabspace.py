@@ -120,21 +120,31 @@ class VocabSpaceConfig(ModelConfig):
     def validate(self) -> None:
         super().validate()
         if self.variant not in VARIANTS:
-            raise LumiError(f"vocabspace config field 'variant' must be one of {', '.join(VARIANTS)}, "
-                            f"got {self.variant!r}")
+            raise LumiError(
+                f"vocabspace config field 'variant' must be one of {', '.join(VARIANTS)}, "
+                f"got {self.variant!r}"
+            )
         if self.read not in READS:
-            raise LumiError(f"vocabspace config field 'read' must be one of {', '.join(READS)}, got {self.read!r}")
+            raise LumiError(
+                f"vocabspace config field 'read' must be one of {', '.join(READS)}, got {self.read!r}"
+            )
         if self.activation not in ACTIVATIONS:
-            raise LumiError(f"vocabspace config field 'activation' must be one of {', '.join(ACTIVATIONS)}, "
-                            f"got {self.activation!r}")
+            raise LumiError(
+                f"vocabspace config field 'activation' must be one of {', '.join(ACTIVATIONS)}, "
+                f"got {self.activation!r}"
+            )
         for name in ("n_steps", "kernel_size", "n_channels", "n_fourier_basis", "rank"):
             if getattr(self, name) < 1:
                 raise LumiError(f"vocabspace config field {name!r} must be >= 1, got {getattr(self, name)}")
         if self.logit_scale_init <= 0:
-            raise LumiError(f"vocabspace config field 'logit_scale_init' must be > 0, got {self.logit_scale_init}")
+            raise LumiError(
+                f"vocabspace config field 'logit_scale_init' must be > 0, got {self.logit_scale_init}"
+            )
         if self.logit_softcap is not None and self.logit_softcap <= 0:
-            raise LumiError(f"vocabspace config field 'logit_softcap' must be positive or null (off), "
-                            f"got {self.logit_softcap}")
+            raise LumiError(
+                f"vocabspace config field 'logit_softcap' must be positive or null (off), "
+                f"got {self.logit_softcap}"
+            )
         if self.init_std < 0:
             raise LumiError(f"vocabspace config field 'init_std' must be >= 0, got {self.init_std}")
         if self.norm_eps <= 0:
@@ -189,6 +199,7 @@ class OneHotInput(nn.Embedding):
 
 # -- conv variant (v2_conv) ------------------------------------------------------------------
 
+
 class _DepthwiseConv(torch.autograd.Function):
     """conv1d(x, w, b, groups=V) with a hand-written backward built from two forward convolutions.
 
@@ -219,7 +230,9 @@ class _DepthwiseConv(torch.autograd.Function):
             grad_x = F.conv_transpose1d(grad_out, weight.to(dtype), groups=v).to(x.dtype)
         if ctx.needs_input_grad[1]:
             # grad_w[v, j] = sum_{b, t} grad_out[b, v, t] * x[b, v, t + j]: one group per (b, v).
-            folded = F.conv1d(x.to(dtype).reshape(1, b * v, length), grad_out.reshape(b * v, 1, t), groups=b * v)
+            folded = F.conv1d(
+                x.to(dtype).reshape(1, b * v, length), grad_out.reshape(b * v, 1, t), groups=b * v
+            )
             grad_w = folded.to(acc).reshape(b, v, k).sum(0).unsqueeze(1).to(weight.dtype)
         if ctx.needs_input_grad[2]:
             grad_b = grad_out.to(acc).sum(dim=(0, 2)).to(weight.dtype)  # bias and weight share a dtype
@@ -272,6 +285,7 @@ class ChannelMixer(nn.Module):
 
 
 # -- interaction variant (v8_lowrank_vv) ------------------------------------------------------
+
 
 class DecayedInteraction(nn.Module):
     """Cross-position: scores[t, s] = <n_t q, n_s k> decay^(t-s-1) for s < t only; out = scores n."""
@@ -344,8 +358,10 @@ def vocabspace_param_formula(c: VocabSpaceConfig) -> dict[str, int]:
     """Closed-form parameter counts (the tests compare them with the module)."""
     v = c.vocab_size
     if c.variant == "conv":
-        read_write = 2 * v * c.n_channels if c.read == "lowrank" else 2 * (2 * c.n_fourier_basis) * c.n_channels
-        step = v * c.kernel_size + v + read_write + c.n_channels ** 2 + c.n_channels + 1 + 2 * v
+        read_write = (
+            2 * v * c.n_channels if c.read == "lowrank" else 2 * (2 * c.n_fourier_basis) * c.n_channels
+        )
+        step = v * c.kernel_size + v + read_write + c.n_channels**2 + c.n_channels + 1 + 2 * v
     else:
         step = 2 * v + 2 * v * c.rank + 2 * v + 5
     total = c.n_steps * step + 1
@@ -359,8 +375,9 @@ def vocabspace_param_formula(c: VocabSpaceConfig) -> dict[str, int]:
         "conv-nano": dict(variant="conv", n_steps=2, kernel_size=4, n_channels=16),
         "conv-micro": dict(variant="conv", n_steps=4, kernel_size=8, n_channels=64),
         # v2_conv as published: 8 steps, 16 taps, 128 channels, Fourier read/write over 16 frequencies.
-        "conv-paper": dict(variant="conv", n_steps=8, kernel_size=16, n_channels=128, read="fourier",
-                           n_fourier_basis=16),
+        "conv-paper": dict(
+            variant="conv", n_steps=8, kernel_size=16, n_channels=128, read="fourier", n_fourier_basis=16
+        ),
         "interaction-nano": dict(variant="interaction", n_steps=2, rank=8),
         "interaction-micro": dict(variant="interaction", n_steps=4, rank=32),
         # v8_lowrank_vv as published: 8 hops, rank 8, decay_init 3.
@@ -409,8 +426,11 @@ class VocabSpace(LumiModel):
     def stats(self) -> dict[str, float]:
         out = {"logit_scale": float(self.logit_scale.detach())}
         if self.config.variant == "interaction":
-            decays = [float(torch.sigmoid(s.cross.decay_logit.detach())) for s in self.steps
-                      if hasattr(s.cross, "decay_logit")]
+            decays = [
+                float(torch.sigmoid(s.cross.decay_logit.detach()))
+                for s in self.steps
+                if hasattr(s.cross, "decay_logit")
+            ]
             if decays:
                 out["mean_decay"] = sum(decays) / len(decays)
         return out
@@ -419,7 +439,7 @@ class VocabSpace(LumiModel):
         """(cross-mixer, within-mixer) forward FLOPs per token of ONE step."""
         c, v = self.config, self.config.vocab_size
         if c.variant == "conv":
-            return 2.0 * v * c.kernel_size, 4.0 * v * c.n_channels + 2.0 * c.n_channels ** 2
+            return 2.0 * v * c.kernel_size, 4.0 * v * c.n_channels + 2.0 * c.n_channels**2
         return 4.0 * seq_len * v, 4.0 * v * c.rank
 
     def flops_per_token(self, seq_len: int) -> float:

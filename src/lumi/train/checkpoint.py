@@ -30,8 +30,9 @@ from lumi.errors import LumiError, write_error_text
 FILES = ("model.safetensors", "model_config.json", "optimizer.pt", "state.json")
 
 
-def save_checkpoint(ckpt_root: Path, model: torch.nn.Module, optimizer_state: dict[str, Any],
-                    state: dict[str, Any]) -> Path:
+def save_checkpoint(
+    ckpt_root: Path, model: torch.nn.Module, optimizer_state: dict[str, Any], state: dict[str, Any]
+) -> Path:
     """Write a complete checkpoint to ``ckpt_root/latest`` atomically; returns that path."""
     from safetensors.torch import save_model
 
@@ -63,9 +64,11 @@ def save_checkpoint(ckpt_root: Path, model: torch.nn.Module, optimizer_state: di
         kept = _complete_dir(ckpt_root)
         where = f"the last good checkpoint at {kept} is intact" if kept else "no earlier checkpoint exists"
         filename = getattr(e, "filename", None)
-        raise LumiError(f"could not write a checkpoint in {ckpt_root}: {write_error_text(e, ckpt_root)}"
-                        f"{' (' + str(filename) + ')' if filename else ''}; {where}. "
-                        f"Free disk space or make the run directory writable, then resume with --resume") from None
+        raise LumiError(
+            f"could not write a checkpoint in {ckpt_root}: {write_error_text(e, ckpt_root)}"
+            f"{' (' + str(filename) + ')' if filename else ''}; {where}. "
+            f"Free disk space or make the run directory writable, then resume with --resume"
+        ) from None
     shutil.rmtree(previous, ignore_errors=True)
     return latest
 
@@ -107,9 +110,11 @@ def load_model_weights(ckpt_dir: Path, model: torch.nn.Module, device: torch.dev
         raise LumiError(f"checkpoint weights {path} are unreadable: {write_error_text(e)}") from None
     except RuntimeError as e:
         raise LumiError(f"checkpoint weights {path} do not match the model: {_first_line(e)}") from None
-    except Exception as e:  # noqa: BLE001 - SafetensorError etc.: not a safetensors file (e.g. a pickle)
-        raise LumiError(f"checkpoint weights {path} are not a valid safetensors file ({_first_line(e)}); Lumi "
-                        f"loads weights only from safetensors and never unpickles them") from None
+    except Exception as e:
+        raise LumiError(
+            f"checkpoint weights {path} are not a valid safetensors file ({_first_line(e)}); Lumi "
+            f"loads weights only from safetensors and never unpickles them"
+        ) from None
 
 
 def load_optimizer_state(ckpt_dir: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -120,16 +125,21 @@ def load_optimizer_state(ckpt_dir: Path, device: torch.device | str = "cpu") -> 
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location=device, weights_only=True)  # never unpickle arbitrary objects
+            return torch.load(
+                path, map_location=device, weights_only=True
+            )  # never unpickle arbitrary objects
     except pickle.UnpicklingError:
         # torch's own advice is many lines and suggests weights_only=False, which would execute the file.
-        raise LumiError(f"optimizer state {path} holds objects other than tensors and plain containers; refused "
-                        f"(Lumi loads it with torch.load(weights_only=True) and never runs code from a checkpoint)"
-                        ) from None
+        raise LumiError(
+            f"optimizer state {path} holds objects other than tensors and plain containers; refused "
+            f"(Lumi loads it with torch.load(weights_only=True) and never runs code from a checkpoint)"
+        ) from None
     except OSError as e:
         raise LumiError(f"optimizer state {path} is unreadable: {write_error_text(e)}") from None
-    except Exception as e:  # noqa: BLE001 - any unreadable/foreign file is the same user-facing problem
-        raise LumiError(f"optimizer state {path} is unreadable: {type(e).__name__}: {_first_line(e)}") from None
+    except Exception as e:
+        raise LumiError(
+            f"optimizer state {path} is unreadable: {type(e).__name__}: {_first_line(e)}"
+        ) from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -138,6 +148,7 @@ def _first_line(e: BaseException) -> str:
 
 
 # -- RNG state <-> JSON ----------------------------------------------------------------------------
+
 
 def rng_state() -> dict[str, Any]:
     """Torch CPU (and CUDA) generator states of this process, JSON-serialisable."""
@@ -162,6 +173,7 @@ def _unb64(s: str) -> torch.Tensor:
 
 
 # -- fs helpers ------------------------------------------------------------------------------------
+
 
 def _write_text(path: Path, text: str) -> None:
     with open(path, "w") as f:

@@ -89,7 +89,9 @@ class TrainSection:
     # and on the final weights (the result lands in summary.json).
     causality_preflight: bool = True
     causality_audit: bool = True
-    allow_leaky: bool = False  # train a model that fails the pre-training probe anyway (the run is marked LEAK)
+    allow_leaky: bool = (
+        False  # train a model that fails the pre-training probe anyway (the run is marked LEAK)
+    )
 
     @property
     def resolved_init_seed(self) -> int:
@@ -121,14 +123,16 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, source: str = "config") -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any] | None, source: str = "config") -> TrainConfig:
         """Build and validate from a nested dict; unknown keys -> LumiError naming ``source``."""
         d = dict(d or {})
         allowed = ["name", *SECTIONS]
         for key in d:
             if key not in allowed:
-                raise LumiError(f"{source}: unknown key {key!r}{closest(str(key), allowed)}; "
-                                f"top-level keys: {', '.join(allowed)}")
+                raise LumiError(
+                    f"{source}: unknown key {key!r}{closest(str(key), allowed)}; "
+                    f"top-level keys: {', '.join(allowed)}"
+                )
         cfg = cls(name=None if d.get("name") is None else str(d["name"]))
         for section, section_cls in SECTIONS.items():
             values = d.get(section) or {}
@@ -159,12 +163,19 @@ class TrainConfig:
         for key, value in [("optim.lr", o.lr), ("optim.muon_lr", o.muon_lr), ("optim.eps", o.eps)]:
             if not value > 0:
                 raise LumiError(f"{source}: {key} must be > 0, got {value}")
-        for key, value in [("optim.weight_decay", o.weight_decay), ("optim.muon_weight_decay", o.muon_weight_decay),
-                           ("optim.grad_clip", o.grad_clip)]:
+        for key, value in [
+            ("optim.weight_decay", o.weight_decay),
+            ("optim.muon_weight_decay", o.muon_weight_decay),
+            ("optim.grad_clip", o.grad_clip),
+        ]:
             if value < 0:
                 raise LumiError(f"{source}: {key} must be >= 0, got {value}")
-        for key, value in [("optim.warmup_frac", o.warmup_frac), ("optim.warmdown_frac", o.warmdown_frac),
-                           ("optim.min_lr_frac", o.min_lr_frac), ("optim.muon_momentum", o.muon_momentum)]:
+        for key, value in [
+            ("optim.warmup_frac", o.warmup_frac),
+            ("optim.warmdown_frac", o.warmdown_frac),
+            ("optim.min_lr_frac", o.min_lr_frac),
+            ("optim.muon_momentum", o.muon_momentum),
+        ]:
             if not 0.0 <= value <= 1.0:
                 raise LumiError(f"{source}: {key} must be in [0, 1], got {value}")
         if o.muon_ns_steps < 1:
@@ -172,13 +183,17 @@ class TrainConfig:
         if o.warmup_steps is not None and o.warmup_steps < 0:
             raise LumiError(f"{source}: optim.warmup_steps must be >= 0 or null, got {o.warmup_steps}")
         if len(o.betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in o.betas):
-            raise LumiError(f"{source}: optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got {o.betas}")
+            raise LumiError(
+                f"{source}: optim.betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got {o.betas}"
+            )
         for key in ("seq_len", "batch_size", "grad_accum", "log_every", "eval_tokens"):
             if getattr(t, key) < 1:
                 raise LumiError(f"{source}: train.{key} must be >= 1, got {getattr(t, key)}")
         if t.batch_size % t.grad_accum:
-            raise LumiError(f"{source}: train.batch_size={t.batch_size} must be divisible by "
-                            f"train.grad_accum={t.grad_accum}")
+            raise LumiError(
+                f"{source}: train.batch_size={t.batch_size} must be divisible by "
+                f"train.grad_accum={t.grad_accum}"
+            )
         for key in ("threads", "eval_every_steps", "checkpoint_every_steps"):
             value = getattr(t, key)
             if value is not None and value < 1:
@@ -188,9 +203,13 @@ class TrainConfig:
             if value is not None and not value > 0:
                 raise LumiError(f"{source}: train.{key} must be > 0 or null, got {value}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", t.device):
-            raise LumiError(f"{source}: train.device must be auto, cpu, cuda, cuda:N or mps; got {t.device!r}")
+            raise LumiError(
+                f"{source}: train.device must be auto, cpu, cuda, cuda:N or mps; got {t.device!r}"
+            )
         if not isinstance(self.model.overrides, dict):
-            raise LumiError(f"{source}: model.overrides must be a mapping (field: value), got {self.model.overrides!r}")
+            raise LumiError(
+                f"{source}: model.overrides must be a mapping (field: value), got {self.model.overrides!r}"
+            )
         if not isinstance(self.model.files, list):
             raise LumiError(f"{source}: model.files must be a list of .py files, got {self.model.files!r}")
         parse_budget(t.budget)
@@ -212,8 +231,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as e:
             raise LumiError(f"config file {source!r} is not valid YAML: {str(e).splitlines()[0]}") from None
         except UnicodeDecodeError as e:
-            raise LumiError(f"config file {source!r} is not UTF-8 text (byte {e.start}: {e.reason}); "
-                            f"save it as UTF-8 YAML") from None
+            raise LumiError(
+                f"config file {source!r} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                f"save it as UTF-8 YAML"
+            ) from None
         except OSError as e:
             raise LumiError(f"config file {source!r} is unreadable: {e.strerror or e}") from None
         if not isinstance(data, dict):
@@ -243,15 +264,19 @@ def apply_override(cfg: TrainConfig, item: str) -> None:
         return
     if len(parts) < 2 or parts[0] not in SECTIONS:
         keys = [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in dataclasses.fields(c)] + ["name"]
-        raise LumiError(f"unknown config key {dotted!r}{closest(dotted, keys)}; keys look like "
-                        f"optim.lr, train.budget, model.overrides.n_layers")
+        raise LumiError(
+            f"unknown config key {dotted!r}{closest(dotted, keys)}; keys look like "
+            f"optim.lr, train.budget, model.overrides.n_layers"
+        )
     section, key = parts[0], parts[1]
     obj = getattr(cfg, section)
     if section == "model" and key == "overrides" and len(parts) == 3:
         obj.overrides[parts[2]] = value
         return
     if len(parts) != 2:
-        raise LumiError(f"config key {dotted!r} is nested too deeply; only model.overrides.FIELD takes a third part")
+        raise LumiError(
+            f"config key {dotted!r} is nested too deeply; only model.overrides.FIELD takes a third part"
+        )
     _set_field(obj, section, key, value, "--set")
 
 
@@ -265,9 +290,26 @@ _UNITS = {
     "tokens": ("tokens", "token", "tok", "toks"),
     "flops": ("flops", "flop"),
 }
-_TIME_UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60,
-               "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600}
-_BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)\s*([kKMGBT]?)\s*([A-Za-z]*)\s*$")
+_TIME_UNITS = {
+    "s": 1,
+    "sec": 1,
+    "secs": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "mins": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hr": 3600,
+    "hrs": 3600,
+    "hour": 3600,
+    "hours": 3600,
+}
+_BUDGET_RE = re.compile(
+    r"^\s*(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)\s*([kKMGBT]?)\s*([A-Za-z]*)\s*$"
+)
 
 
 @dataclass(frozen=True)
@@ -296,16 +338,20 @@ def parse_budget(text: str | int | float) -> Budget:
     kind = None
     if unit.lower() in _TIME_UNITS:
         if mult:
-            raise LumiError(f"budget {s!r}: multipliers (k, M, ...) apply to steps/tokens/flops, not time; "
-                            f"{_BUDGET_EXAMPLES}")
+            raise LumiError(
+                f"budget {s!r}: multipliers (k, M, ...) apply to steps/tokens/flops, not time; "
+                f"{_BUDGET_EXAMPLES}"
+            )
         kind, value = "seconds", number * _TIME_UNITS[unit.lower()]
     else:
         for k, names in _UNITS.items():
             if unit.lower() in names:
                 kind, value = k, number * _MULTIPLIERS[mult]
         if kind is None:
-            raise LumiError(f"budget {s!r}: unknown unit {unit!r}; units are steps, tokens (tok), flops, "
-                            f"s, m (minutes), h; {_BUDGET_EXAMPLES}")
+            raise LumiError(
+                f"budget {s!r}: unknown unit {unit!r}; units are steps, tokens (tok), flops, "
+                f"s, m (minutes), h; {_BUDGET_EXAMPLES}"
+            )
     if not (value > 0 and math.isfinite(value)):
         raise LumiError(f"budget {s!r} must be positive; {_BUDGET_EXAMPLES}")
     if kind == "steps" and value != int(value):
@@ -315,11 +361,14 @@ def parse_budget(text: str | int | float) -> Budget:
 
 # -- field coercion -----------------------------------------------------------------------------
 
+
 def _set_field(obj: Any, section: str, key: str, value: Any, source: str) -> None:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if key not in fields:
-        raise LumiError(f"{source}: unknown key {section}.{key}{closest(key, list(fields))}; "
-                        f"{section} keys: {', '.join(fields)}")
+        raise LumiError(
+            f"{source}: unknown key {section}.{key}{closest(key, list(fields))}; "
+            f"{section} keys: {', '.join(fields)}"
+        )
     setattr(obj, key, _coerce(f"{section}.{key}", _field_type(type(obj), key), value, source))
 
 
@@ -401,5 +450,7 @@ def _finite_numbers(cfg: TrainConfig, source: str) -> None:
 
 def _one_of(source: str, key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise LumiError(f"{source}: {key} must be one of {', '.join(choices)}; got {value!r}"
-                        f"{closest(str(value), list(choices))}")
+        raise LumiError(
+            f"{source}: {key} must be one of {', '.join(choices)}; got {value!r}"
+            f"{closest(str(value), list(choices))}"
+        )

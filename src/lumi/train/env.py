@@ -40,8 +40,9 @@ def git_revision() -> str | None:
     """The git commit of the Lumi source tree, when it is a checkout (read-only query)."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -94,7 +95,7 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float 
             a @ b
         sync()
         dt = time.perf_counter() - t0
-        best = max(best, 5 * 2 * n ** 3 / dt)
+        best = max(best, 5 * 2 * n**3 / dt)
     return best
 
 

@@ -87,7 +87,7 @@ class RunState:
 
     @property
     def loss_ema(self) -> float | None:
-        return self.ema / (1.0 - EMA_BETA ** self.ema_n) if self.ema_n else None
+        return self.ema / (1.0 - EMA_BETA**self.ema_n) if self.ema_n else None
 
     def update_ema(self, loss: float) -> None:
         self.ema = EMA_BETA * self.ema + (1.0 - EMA_BETA) * loss
@@ -122,7 +122,7 @@ class StopSignal:
             raise Stopped(signum)
         self.received = signum
 
-    def __enter__(self) -> "StopSignal":
+    def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -133,8 +133,13 @@ class StopSignal:
             signal.signal(sig, old)
 
 
-def train(config: TrainConfig, run_dir: Path | str, resume: bool = False, progress: bool = True,
-          model_files: Sequence[str | Path] = ()) -> dict[str, Any]:
+def train(
+    config: TrainConfig,
+    run_dir: Path | str,
+    resume: bool = False,
+    progress: bool = True,
+    model_files: Sequence[str | Path] = (),
+) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` and return the summary (also written to summary.json).
 
     ``model_files``: plugin files to import for a resumed run (a fresh run imports ``config.model.files``,
@@ -184,7 +189,9 @@ def _mark_interrupted(run_dir: Path, error: str) -> None:
             write_json(run_dir / "summary.json", summary)
 
 
-def check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, model_files: Sequence[str | Path] = ()) -> None:
+def check_run_dir(
+    config: TrainConfig, run_dir: Path, resume: bool, model_files: Sequence[str | Path] = ()
+) -> None:
     """LumiError unless the model resolves and ``run_dir`` can take this run: new and empty, or (resume)
     trained with this config, its config.yaml unedited since the checkpoint, and every plugin file it
     needs passed in ``model_files``. Cheap: runs before any data is prepared or anything is written."""
@@ -208,16 +215,20 @@ def check_run_dir(config: TrainConfig, run_dir: Path, resume: bool, model_files:
         return
     diffs = config_differences(saved.to_dict(), config.to_dict())
     if diffs:
-        raise LumiError(f"cannot resume {str(run_dir)!r}: its config.yaml differs from the requested config "
-                        f"({'; '.join(diffs[:5])}{' ...' if len(diffs) > 5 else ''}); resume without changes, "
-                        f"or start a new run with --out")
+        raise LumiError(
+            f"cannot resume {str(run_dir)!r}: its config.yaml differs from the requested config "
+            f"({'; '.join(diffs[:5])}{' ...' if len(diffs) > 5 else ''}); resume without changes, "
+            f"or start a new run with --out"
+        )
     stored = state.get("config")
     if isinstance(stored, dict):  # config.yaml edited by hand since the checkpoint was written
         diffs = config_differences(_plain(stored), _plain(saved.to_dict()))
         if diffs:
-            raise LumiError(f"cannot resume {str(run_dir)!r}: its config.yaml was edited after checkpoint {found} "
-                            f"was written ({'; '.join(diffs[:5])}{' ...' if len(diffs) > 5 else ''}; checkpoint -> "
-                            f"config.yaml); restore config.yaml, or start a new run with --out")
+            raise LumiError(
+                f"cannot resume {str(run_dir)!r}: its config.yaml was edited after checkpoint {found} "
+                f"was written ({'; '.join(diffs[:5])}{' ...' if len(diffs) > 5 else ''}; checkpoint -> "
+                f"config.yaml); restore config.yaml, or start a new run with --out"
+            )
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
@@ -228,7 +239,9 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Trainer:
-    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo) -> None:
+    def __init__(
+        self, config: TrainConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo
+    ) -> None:
         self.config, self.run_dir, self.resume, self.info = config, run_dir, resume, info
         self.show_progress = progress and info.is_main
         self.session_start = time.perf_counter()
@@ -246,12 +259,16 @@ class _Trainer:
         vocab = int(self.data.vocab_size)
         overrides = dict(config.model.overrides)
         if "vocab_size" in overrides and int(overrides.pop("vocab_size")) != vocab:
-            raise LumiError(f"model.overrides.vocab_size={config.model.overrides['vocab_size']} does not match the "
-                            f"prepared data's vocabulary ({vocab} tokens, tokenizer {self.data.tokenizer.spec!r}); "
-                            f"drop the override or prepare data with a matching tokenizer")
+            raise LumiError(
+                f"model.overrides.vocab_size={config.model.overrides['vocab_size']} does not match the "
+                f"prepared data's vocabulary ({vocab} tokens, tokenizer {self.data.tokenizer.spec!r}); "
+                f"drop the override or prepare data with a matching tokenizer"
+            )
         self.vocab_size = vocab
         torch.manual_seed(t.resolved_init_seed)
-        self.model = build_model(config.model.name, config.model.preset, overrides, vocab_size=vocab).to(self.device)
+        self.model = build_model(config.model.name, config.model.preset, overrides, vocab_size=vocab).to(
+            self.device
+        )
         self.model.train()
         if info.enabled:  # dropout streams differ per rank; init above is identical everywhere
             torch.manual_seed(t.resolved_init_seed * 1_000_003 + info.rank)
@@ -259,13 +276,17 @@ class _Trainer:
         self.val_tokens = self.data.tokens("val")
         self.val_bytes = self.data.target_bytes("val")
         if len(self.train_tokens) < t.seq_len + 1:
-            raise LumiError(f"the train split of {self.data.directory} has {len(self.train_tokens)} tokens, "
-                            f"fewer than train.seq_len + 1 = {t.seq_len + 1}; lower train.seq_len or use more data")
+            raise LumiError(
+                f"the train split of {self.data.directory} has {len(self.train_tokens)} tokens, "
+                f"fewer than train.seq_len + 1 = {t.seq_len + 1}; lower train.seq_len or use more data"
+            )
         if len(self.val_tokens) < 2:
             raise LumiError(f"the val split of {self.data.directory} has no targets to evaluate")
         if t.batch_size % (info.world_size * t.grad_accum):
-            raise LumiError(f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum = "
-                            f"{info.world_size} x {t.grad_accum}")
+            raise LumiError(
+                f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum = "
+                f"{info.world_size} x {t.grad_accum}"
+            )
         self.micro = t.batch_size // (info.world_size * t.grad_accum)
         self.budget: Budget = parse_budget(t.budget)
         self.flops_per_token = float(self.model.flops_per_token(t.seq_len))
@@ -291,14 +312,22 @@ class _Trainer:
         if randomised is not None:
             weights["randomised"] = randomised
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            result = audit_causality(weights, self.vocab_size, [t.seq_len], self.device, seed=t.resolved_init_seed,
-                                     tokens=PREFLIGHT_TOKENS)
+            result = audit_causality(
+                weights,
+                self.vocab_size,
+                [t.seq_len],
+                self.device,
+                seed=t.resolved_init_seed,
+                tokens=PREFLIGHT_TOKENS,
+            )
         if not result.passed and not t.allow_leaky:
             m = self.config.model
-            raise LumiError(f"{m.name}:{m.preset or 'custom'} leaks before any training: {result.detail}. A model that "
-                            f"sees the future has a meaningless BPB, so nothing was trained; run `lumi check "
-                            f"{m.name}` to see more, fix the model, or pass --allow-leaky (train.allow_leaky=true) "
-                            f"to train it anyway (the run is then marked LEAK)")
+            raise LumiError(
+                f"{m.name}:{m.preset or 'custom'} leaks before any training: {result.detail}. A model that "
+                f"sees the future has a meaningless BPB, so nothing was trained; run `lumi check "
+                f"{m.name}` to see more, fix the model, or pass --allow-leaky (train.allow_leaky=true) "
+                f"to train it anyway (the run is then marked LEAK)"
+            )
         return result.to_dict()
 
     def _audit_final_weights(self) -> None:
@@ -308,13 +337,22 @@ class _Trainer:
         t = self.config.train
         if not (t.causality_audit and self.info.is_main):
             return
-        result = audit_causality({"trained": copy.deepcopy(self.model)}, self.vocab_size, [t.seq_len], self.device,
-                                 seed=t.resolved_init_seed)
+        result = audit_causality(
+            {"trained": copy.deepcopy(self.model)},
+            self.vocab_size,
+            [t.seq_len],
+            self.device,
+            seed=t.resolved_init_seed,
+        )
         self.audit = result.to_dict()
         if self.show_progress:
             verdict = "passed" if result.passed else "LEAK"
-            print(f"causality audit of the trained weights: {verdict} ({result.seconds:.1f}s)"
-                  + ("" if result.passed else f" — {result.detail}"), file=sys.stderr, flush=True)
+            print(
+                f"causality audit of the trained weights: {verdict} ({result.seconds:.1f}s)"
+                + ("" if result.passed else f" — {result.detail}"),
+                file=sys.stderr,
+                flush=True,
+            )
 
     def leak_reason(self) -> str | None:
         """Why this run is marked LEAK (a failed pre-training probe trained anyway, or a failed audit)."""
@@ -339,8 +377,9 @@ class _Trainer:
                 truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
                 env_path = self.run_dir / "env.json"
                 env = _read_json(env_path)
-                env.setdefault("resumes", []).append({"time": _now(), "from_step": self.state.step,
-                                                      "hostname": socket.gethostname()})
+                env.setdefault("resumes", []).append(
+                    {"time": _now(), "from_step": self.state.step, "hostname": socket.gethostname()}
+                )
                 write_json(env_path, env)
         elif self.info.is_main:
             from lumi.train.env import env_info
@@ -348,20 +387,28 @@ class _Trainer:
 
             create_run_dir(self.run_dir)
             self.lock = acquire_run_lock(self.run_dir)
-            ensure_new_run_dir(self.run_dir)  # again, under the lock: another process may have started it meanwhile
+            ensure_new_run_dir(
+                self.run_dir
+            )  # again, under the lock: another process may have started it meanwhile
             write_text_atomic(self.run_dir / "config.yaml", self.config.to_yaml())
-            write_json(self.run_dir / "env.json", env_info(self.device, self.info.world_size, self.precision_name))
+            write_json(
+                self.run_dir / "env.json", env_info(self.device, self.info.world_size, self.precision_name)
+            )
         barrier(self.info)
 
     def _restore(self, ckpt_dir: Path) -> None:
         saved_cfg = _read_json(ckpt_dir / "model_config.json")
         if int(saved_cfg.get("vocab_size", self.vocab_size)) != self.vocab_size:
-            raise LumiError(f"checkpoint {ckpt_dir} has vocab_size {saved_cfg.get('vocab_size')} but the prepared data "
-                            f"has {self.vocab_size}; the data changed since this run started")
+            raise LumiError(
+                f"checkpoint {ckpt_dir} has vocab_size {saved_cfg.get('vocab_size')} but the prepared data "
+                f"has {self.vocab_size}; the data changed since this run started"
+            )
         state = ckpt.load_state(ckpt_dir)
         if state.get("data_fingerprint") not in (None, self.data.fingerprint()):
-            raise LumiError(f"cannot resume from {ckpt_dir}: the prepared data changed since the run started "
-                            f"(fingerprint {state['data_fingerprint'][:12]} != {self.data.fingerprint()[:12]})")
+            raise LumiError(
+                f"cannot resume from {ckpt_dir}: the prepared data changed since the run started "
+                f"(fingerprint {state['data_fingerprint'][:12]} != {self.data.fingerprint()[:12]})"
+            )
         ckpt.load_model_weights(ckpt_dir, self.model, self.device)
         self.optimizer.load_state_dict(ckpt.load_optimizer_state(ckpt_dir, self.device))
         rngs = state.get("rng") or []
@@ -400,8 +447,10 @@ class _Trainer:
             if self.status == "completed" and stop.received:  # arrived during the last step or its checkpoint
                 name = signal.Signals(stop.received).name
                 self.status = "interrupted"
-                self.error = (f"stopped by {name} after the last step {self.state.step} (checkpoint written) before "
-                              f"the final evaluation; finish it with --resume {self.run_dir}")
+                self.error = (
+                    f"stopped by {name} after the last step {self.state.step} (checkpoint written) before "
+                    f"the final evaluation; finish it with --resume {self.run_dir}"
+                )
             if self.status == "completed":
                 self._final_eval()
                 self._audit_final_weights()
@@ -437,11 +486,15 @@ class _Trainer:
         if self.info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.train_model = DDP(self.train_model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                   else None)
+            self.train_model = DDP(
+                self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         compute_dtype = self.autocast_dtype or torch.float32
-        self.peak, self.peak_source = (peak_flops(self.device, compute_dtype, t.peak_flops) if self.info.is_main
-                                       else (float(t.peak_flops or 0.0), ""))
+        self.peak, self.peak_source = (
+            peak_flops(self.device, compute_dtype, t.peak_flops)
+            if self.info.is_main
+            else (float(t.peak_flops or 0.0), "")
+        )
         if self.show_progress:
             from lumi.progress import ProgressLine
 
@@ -470,7 +523,9 @@ class _Trainer:
             t0 = time.perf_counter()
             ce, aux = self._forward_backward(s.step)
             # One collective for the global loss and "did any rank get SIGINT/SIGTERM".
-            flags = torch.tensor([ce, aux, 1.0 if stop.received else 0.0], dtype=torch.float64, device=self.device)
+            flags = torch.tensor(
+                [ce, aux, 1.0 if stop.received else 0.0], dtype=torch.float64, device=self.device
+            )
             all_reduce_(info, flags)
             ce, aux = float(flags[0]) / info.world_size, float(flags[1]) / info.world_size
             stop_requested = float(flags[2]) > 0
@@ -484,7 +539,9 @@ class _Trainer:
                 torch.cuda.synchronize(self.device)
             dt = time.perf_counter() - t0
             if info.enabled:  # every rank must agree on elapsed time: it drives budget, evals, checkpoints
-                dt = float(all_reduce_(info, torch.tensor([dt], dtype=torch.float64, device=self.device), "max")[0])
+                dt = float(
+                    all_reduce_(info, torch.tensor([dt], dtype=torch.float64, device=self.device), "max")[0]
+                )
             s.step += 1
             s.tokens += self.tokens_per_step
             s.flops += self.tokens_per_step * self.flops_per_token
@@ -516,15 +573,16 @@ class _Trainer:
 
     def _forward_backward(self, step: int) -> tuple[float, float]:
         t, info = self.config.train, self.info
-        x_all, y_all = step_batch(self.train_tokens, t.resolved_data_seed, step, t.seq_len, t.batch_size,
-                                  info.rank, info.world_size)
+        x_all, y_all = step_batch(
+            self.train_tokens, t.resolved_data_seed, step, t.seq_len, t.batch_size, info.rank, info.world_size
+        )
         ce_sum = torch.zeros((), device=self.device)
         aux_sum = torch.zeros((), device=self.device)
         for i in range(t.grad_accum):
-            x = x_all[i * self.micro:(i + 1) * self.micro].to(self.device, non_blocking=True)
-            y = y_all[i * self.micro:(i + 1) * self.micro].to(self.device, non_blocking=True)
+            x = x_all[i * self.micro : (i + 1) * self.micro].to(self.device, non_blocking=True)
+            y = y_all[i * self.micro : (i + 1) * self.micro].to(self.device, non_blocking=True)
             last = i == t.grad_accum - 1
-            sync = (self.train_model.no_sync() if info.enabled and not last else contextlib.nullcontext())
+            sync = self.train_model.no_sync() if info.enabled and not last else contextlib.nullcontext()
             with sync:
                 with self._autocast():
                     logits = self.train_model(x)
@@ -552,21 +610,39 @@ class _Trainer:
     def _diverged(self, step: int, loss: float, grad_norm: float) -> None:
         self.status, self.diverged_at = "diverged", step
         found = ckpt.find_checkpoint(self.run_dir / "checkpoints")
-        kept = f"last good checkpoint: step {ckpt.load_state(found)['counters']['step']} ({found})" if found \
+        kept = (
+            f"last good checkpoint: step {ckpt.load_state(found)['counters']['step']} ({found})"
+            if found
             else "no checkpoint was written before it"
+        )
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
         self.error = f"{what} at step {step}: training stopped; {kept}"
-        self.metrics.write({"step": self.state.step, "kind": "diverged", "diverged_at_step": step,
-                            "loss": loss, "grad_norm": grad_norm})
+        self.metrics.write(
+            {
+                "step": self.state.step,
+                "kind": "diverged",
+                "diverged_at_step": step,
+                "loss": loss,
+                "grad_norm": grad_norm,
+            }
+        )
 
     # -- logging, evals, checkpoints ---------------------------------------------------------------
     def _train_row(self, ce: float, aux: float, mult: float, grad_norm: float, tok_per_s: float) -> None:
         s = self.state
         flops_per_s = tok_per_s * self.flops_per_token
         row: dict[str, Any] = {
-            "kind": "train", "step": s.step, "tokens": s.tokens, "loss": ce, "loss_ema": s.loss_ema,
-            "lr": self.optimizer.param_groups[0]["lr"], "lr_mult": mult, "grad_norm": grad_norm,
-            "tok_per_s": tok_per_s, "flops": s.flops, "elapsed_s": s.elapsed_s,
+            "kind": "train",
+            "step": s.step,
+            "tokens": s.tokens,
+            "loss": ce,
+            "loss_ema": s.loss_ema,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr_mult": mult,
+            "grad_norm": grad_norm,
+            "tok_per_s": tok_per_s,
+            "flops": s.flops,
+            "elapsed_s": s.elapsed_s,
             "mfu": flops_per_s / (self.peak * self.info.world_size) if self.peak else None,
         }
         if aux:
@@ -586,16 +662,33 @@ class _Trainer:
         from lumi.metrics.evaluate import evaluate_bpb
 
         t = self.config.train
-        return evaluate_bpb(self.model, self.val_tokens, self.val_bytes, t.seq_len,
-                            max(1, t.batch_size // t.grad_accum // self.info.world_size), self.device,
-                            max_targets=max_targets, autocast_dtype=self.autocast_dtype,
-                            rank=self.info.rank, world_size=self.info.world_size)
+        return evaluate_bpb(
+            self.model,
+            self.val_tokens,
+            self.val_bytes,
+            t.seq_len,
+            max(1, t.batch_size // t.grad_accum // self.info.world_size),
+            self.device,
+            max_targets=max_targets,
+            autocast_dtype=self.autocast_dtype,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+        )
 
     def _eval_row(self, result: dict[str, Any], final: bool) -> dict[str, Any]:
         s = self.state
-        row = {"kind": "eval", "step": s.step, "tokens": s.tokens, "flops": s.flops, "elapsed_s": s.elapsed_s,
-               "val_bpb": result["bpb"], "val_loss": result["loss"], "train_loss_ema": s.loss_ema,
-               "final": final, "protocol": result["protocol"]}
+        row = {
+            "kind": "eval",
+            "step": s.step,
+            "tokens": s.tokens,
+            "flops": s.flops,
+            "elapsed_s": s.elapsed_s,
+            "val_bpb": result["bpb"],
+            "val_loss": result["loss"],
+            "train_loss_ema": s.loss_ema,
+            "final": final,
+            "protocol": result["protocol"],
+        }
         self.metrics.write(row)
         return row
 
@@ -615,7 +708,9 @@ class _Trainer:
             self.final_eval = self._evaluate(None if mode == "full" else self.config.train.eval_tokens)
         self._eval_row(self.final_eval, final=True)
         if self.progress is not None:
-            self.progress.close(f"final val_bpb {self.final_eval['bpb']:.4f} ({self.final_eval['protocol']['subset']})")
+            self.progress.close(
+                f"final val_bpb {self.final_eval['bpb']:.4f} ({self.final_eval['protocol']['subset']})"
+            )
 
     def _checkpoint(self) -> None:
         s = self.state
@@ -626,12 +721,19 @@ class _Trainer:
         t = self.config.train
         state = {
             "counters": {k: getattr(s, k) for k in RunState.__dataclass_fields__},
-            "step": s.step, "tokens": s.tokens, "flops": s.flops, "elapsed_s": s.elapsed_s,
+            "step": s.step,
+            "tokens": s.tokens,
+            "flops": s.flops,
+            "elapsed_s": s.elapsed_s,
             "wall_s": s.wall_s + (time.perf_counter() - self.session_start),
             "rng": rngs,
-            "data": {"sampler": "random windows; numpy PCG64(SeedSequence([data_seed, step]))",
-                     "data_seed": t.resolved_data_seed, "next_step": s.step, "seq_len": t.seq_len,
-                     "batch_size": t.batch_size},
+            "data": {
+                "sampler": "random windows; numpy PCG64(SeedSequence([data_seed, step]))",
+                "data_seed": t.resolved_data_seed,
+                "next_step": s.step,
+                "seq_len": t.seq_len,
+                "batch_size": t.batch_size,
+            },
             "data_fingerprint": self.data.fingerprint(),
             # what a resume checks: the config this was trained with, and the plugin code (sha256 by path)
             "config": json_safe(self.config.to_dict()),
@@ -686,8 +788,11 @@ class _Trainer:
             "train_s": s.elapsed_s,
             "wall_s": wall,
             "tok_per_s": s.tokens / s.elapsed_s if s.elapsed_s > 0 else None,
-            "mfu": (s.tokens / s.elapsed_s * self.flops_per_token / (self.peak * self.info.world_size)
-                    if s.elapsed_s > 0 and getattr(self, "peak", 0) else None),
+            "mfu": (
+                s.tokens / s.elapsed_s * self.flops_per_token / (self.peak * self.info.world_size)
+                if s.elapsed_s > 0 and getattr(self, "peak", 0)
+                else None
+            ),
             "peak_flops": getattr(self, "peak", None),
             "final_train_loss_ema": s.loss_ema,
             "final_val_bpb": fe["bpb"] if fe else None,
@@ -711,6 +816,7 @@ class _Trainer:
 
 # -- helpers ---------------------------------------------------------------------------------------
 
+
 def total_steps(budget: Budget, tokens_per_step: int, flops_per_token: float) -> int | None:
     """Optimizer steps a budget allows (rounded up); None for wall-clock budgets."""
     if budget.kind == "steps":
@@ -729,7 +835,9 @@ def resolve_device(pref: str, info: DistInfo) -> torch.device:
         return torch.device("cpu")
     if pref.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise LumiError(f"train.device={pref!r} but CUDA is not available here; use train.device=cpu or auto")
+            raise LumiError(
+                f"train.device={pref!r} but CUDA is not available here; use train.device=cpu or auto"
+            )
         return torch.device("cuda", info.local_rank) if pref == "cuda" else torch.device(pref)
     if pref == "mps" and not torch.backends.mps.is_available():
         raise LumiError("train.device='mps' but MPS is not available here; use train.device=cpu or auto")

@@ -112,13 +112,25 @@ class Muon(torch.optim.Optimizer):
     The state is one ``momentum_buffer`` per parameter either way, so checkpoints are interchangeable.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], lr: float = 0.02,
-                 momentum: float = 0.95, weight_decay: float = 0.0, nesterov: bool = True, ns_steps: int = 5,
-                 batched: bool = True) -> None:
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        weight_decay: float = 0.0,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        batched: bool = True,
+    ) -> None:
         if ns_steps < 1:
             raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")
-        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "nesterov": nesterov,
-                    "ns_steps": ns_steps}
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "ns_steps": ns_steps,
+        }
         super().__init__(params, defaults)
         self.batched = batched
 
@@ -228,7 +240,9 @@ def param_roles(model: nn.Module, vocab_size: int) -> dict[str, list[nn.Paramete
     return roles
 
 
-def build_optimizer(model: nn.Module, cfg: OptimSection, vocab_size: int, device: torch.device) -> OptimizerSet:
+def build_optimizer(
+    model: nn.Module, cfg: OptimSection, vocab_size: int, device: torch.device
+) -> OptimizerSet:
     roles = param_roles(model, vocab_size)
     adam_kwargs: dict[str, Any] = {"betas": tuple(float(b) for b in cfg.betas), "eps": cfg.eps}
     # The fused kernel is the fastest AdamW on CPU and CUDA alike; fall back to foreach elsewhere.
@@ -238,15 +252,21 @@ def build_optimizer(model: nn.Module, cfg: OptimSection, vocab_size: int, device
         return {"params": params, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": lr, "base_lr": lr}
 
     if cfg.name == "adamw":
-        groups = [adam_group(roles["matrix"] + roles["embedding"], True, cfg.lr),
-                  adam_group(roles["vector"], False, cfg.lr)]
+        groups = [
+            adam_group(roles["matrix"] + roles["embedding"], True, cfg.lr),
+            adam_group(roles["vector"], False, cfg.lr),
+        ]
         return OptimizerSet({"adamw": torch.optim.AdamW([g for g in groups if g["params"]], **adam_kwargs)})
     # muon
     optimizers: dict[str, torch.optim.Optimizer] = {}
     if roles["matrix"]:
-        optimizers["muon"] = Muon([{"params": roles["matrix"], "lr": cfg.muon_lr, "base_lr": cfg.muon_lr}],
-                                  lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
-                                  ns_steps=cfg.muon_ns_steps)
+        optimizers["muon"] = Muon(
+            [{"params": roles["matrix"], "lr": cfg.muon_lr, "base_lr": cfg.muon_lr}],
+            lr=cfg.muon_lr,
+            momentum=cfg.muon_momentum,
+            weight_decay=cfg.muon_weight_decay,
+            ns_steps=cfg.muon_ns_steps,
+        )
     groups = [adam_group(roles["embedding"], True, cfg.lr), adam_group(roles["vector"], False, cfg.lr)]
     groups = [g for g in groups if g["params"]]
     if groups:

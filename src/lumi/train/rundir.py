@@ -32,7 +32,9 @@ def write_text_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written temp file
-        raise LumiError(f"cannot write {path}: {write_error_text(e)}; free disk space or fix permissions") from None
+        raise LumiError(
+            f"cannot write {path}: {write_error_text(e)}; free disk space or fix permissions"
+        ) from None
 
 
 def json_safe(obj: Any) -> Any:
@@ -66,8 +68,10 @@ class MetricsLog:
             self._f.write(json.dumps(json_safe(row)) + "\n")
             self._f.flush()
         except OSError as e:
-            raise LumiError(f"cannot append to {self.path}: {write_error_text(e)}; free disk space or fix "
-                            f"permissions, then continue with --resume") from None
+            raise LumiError(
+                f"cannot append to {self.path}: {write_error_text(e)}; free disk space or fix "
+                f"permissions, then continue with --resume"
+            ) from None
 
     def close(self) -> None:
         if self._f is not None:
@@ -102,9 +106,13 @@ def read_run_config(run_dir: Path, purpose: str = "resume") -> TrainConfig:
     path = run_dir / "config.yaml"
     if not path.is_file():
         if purpose == "resume":
-            raise LumiError(f"cannot resume {str(run_dir)!r}: it has no config.yaml (not a lumi train run directory)")
+            raise LumiError(
+                f"cannot resume {str(run_dir)!r}: it has no config.yaml (not a lumi train run directory)"
+            )
         what = "does not exist" if not run_dir.exists() else "is not a run directory: it has no config.yaml"
-        raise LumiError(f"{str(run_dir)!r} {what}; give a run directory written by `lumi train` (runs/<name>)")
+        raise LumiError(
+            f"{str(run_dir)!r} {what}; give a run directory written by `lumi train` (runs/<name>)"
+        )
     from lumi.train.config import load_config
 
     return load_config(path)
@@ -173,8 +181,10 @@ def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -
 def ensure_new_run_dir(run_dir: Path) -> None:
     """Refuse to overwrite an existing, non-empty run directory."""
     if run_dir.exists() and (not run_dir.is_dir() or any(p.name != LOCK_NAME for p in run_dir.iterdir())):
-        raise LumiError(f"run directory {str(run_dir)!r} already exists; continue it with "
-                        f"`lumi train --resume {run_dir}` or choose another --out / --name")
+        raise LumiError(
+            f"run directory {str(run_dir)!r} already exists; continue it with "
+            f"`lumi train --resume {run_dir}` or choose another --out / --name"
+        )
 
 
 def create_run_dir(run_dir: Path) -> None:
@@ -184,5 +194,6 @@ def create_run_dir(run_dir: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise LumiError(f"cannot write to run directory {str(run_dir)!r}: {write_error_text(e)}; "
-                        f"choose a writable --out") from None
+        raise LumiError(
+            f"cannot write to run directory {str(run_dir)!r}: {write_error_text(e)}; choose a writable --out"
+        ) from None
