@@ -28,7 +28,7 @@ import torch
 def lumi_round(args: argparse.Namespace, data_dir: Path, workdir: Path, index: int) -> float:
     from lumi.train.config import load_config
     from lumi.train.loop import train
-    from lumi.train.rundir import read_metrics
+    from lumi.run import read_metrics
 
     cfg = load_config(None, [
         f"model.preset={args.preset}", f"data.dir={data_dir}", f"train.seq_len={args.seq_len}",

@@ -119,11 +119,12 @@ def test_model_facts_match_the_built_model():
 
 
 def test_comparison_dir_refuses_a_different_spec_and_force_keeps_the_old_one(tmp_path):
-    from lumi.compare.comparison import _write_yaml, open_comparison_dir
+    from lumi.compare.comparison import open_comparison_dir
+    from lumi.io import write_yaml
 
     comp = tmp_path / "cmp"
     comp.mkdir()
-    _write_yaml(comp / "compare.yaml", {"spec": spec().to_dict()})
+    write_yaml(comp / "compare.yaml", {"spec": spec().to_dict()})
     (comp / "runs").mkdir()
     logs = []
     # Same spec (more seeds, another threshold): the directory is reused.
@@ -175,11 +176,12 @@ def test_plugin_paths_are_absolute_and_run_directories_distinct(tmp_path, monkey
 
 
 def test_a_comparison_that_never_trained_takes_a_new_spec(tmp_path):
-    from lumi.compare.comparison import _write_yaml, open_comparison_dir
+    from lumi.compare.comparison import open_comparison_dir
+    from lumi.io import write_yaml
 
     comp = tmp_path / "cmp"
     comp.mkdir()
-    _write_yaml(comp / "compare.yaml", {"spec": spec().to_dict()})
+    write_yaml(comp / "compare.yaml", {"spec": spec().to_dict()})
     (comp / "checks.json").write_text("{}")
     logs = []
     assert open_comparison_dir(spec(budget="200steps"), comp, force=False, log=logs.append) is None
@@ -187,21 +189,22 @@ def test_a_comparison_that_never_trained_takes_a_new_spec(tmp_path):
 
 
 def test_changing_the_baseline_changes_flops_matched_runs(tmp_path):
-    from lumi.compare.comparison import _write_yaml, open_comparison_dir
+    from lumi.compare.comparison import open_comparison_dir
+    from lumi.io import write_yaml
 
     comp = tmp_path / "cmp"
     (comp / "runs").mkdir(parents=True)
-    _write_yaml(comp / "compare.yaml", {"spec": spec(match="flops").to_dict()})
+    write_yaml(comp / "compare.yaml", {"spec": spec(match="flops").to_dict()})
     with pytest.raises(LumiError, match="baseline"):  # budgets were converted through the old baseline
         open_comparison_dir(spec(match="flops", baseline="llama:nano+mlp=relu2"), comp, force=False)
-    _write_yaml(comp / "compare.yaml", {"spec": spec().to_dict()})
+    write_yaml(comp / "compare.yaml", {"spec": spec().to_dict()})
     assert open_comparison_dir(spec(baseline="llama:nano+mlp=relu2"), comp, force=False) is not None
 
 
 def test_a_child_killed_outright_is_recorded_as_failed_with_its_log(tmp_path):
     import json
 
-    from lumi.compare.comparison import _mark_killed, _status
+    from lumi.compare.comparison import _mark_killed
     from lumi.compare.runner import RunJob
 
     run = tmp_path / "runs" / "a" / "seed-0"
@@ -215,4 +218,6 @@ def test_a_child_killed_outright_is_recorded_as_failed_with_its_log(tmp_path):
     # Ctrl-C (exit 130) before the child wrote its status is not a failure: the next run resumes it.
     (run / "summary.json").write_text(json.dumps({"status": "running"}))
     _mark_killed(RunJob("a", 0, run, job.config_path, job.log_path, returncode=130), log=lambda _: None)
-    assert _status(run) == "interrupted"
+    from lumi.run import Run
+
+    assert Run(run).status() == "interrupted"

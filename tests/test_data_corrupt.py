@@ -62,7 +62,7 @@ def test_out_below_a_regular_file_is_one_line(tiny_corpus_dir, tmp_path, capsys)
 @pytest.mark.parametrize(("module", "attr"), [
     ("lumi.data.shards", "ShardWriter.write"),  # token shards
     ("lumi.data.shards", "ShardWriter.commit"),  # their fsync + rename
-    ("lumi.data.prepare", "_atomic_write_json"),  # the manifest
+    ("lumi.data.prepare", "write_text_atomic"),  # the manifest
     ("lumi.data.tokenizers", "BytesTokenizer.save"),  # the tokenizer files
 ])
 def test_full_disk_at_each_write_site_removes_the_partial_directory(module, attr, tiny_corpus_dir, tmp_path,

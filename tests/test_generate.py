@@ -12,7 +12,8 @@ import yaml
 
 from lumi.cli import main
 from lumi.errors import LumiError
-from lumi.generate import generate, load_run_model, sample_next
+from lumi.generate import generate, sample_next
+from lumi.run import load_run_model
 from lumi.models import build_model, list_models
 
 PLUGINS = Path(__file__).parent / "plugins"

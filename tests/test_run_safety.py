@@ -29,7 +29,7 @@ from lumi.models import registry
 from lumi.train import checkpoint as ckpt
 from lumi.train.config import load_config
 from lumi.train.loop import train
-from lumi.train.rundir import read_metrics
+from lumi.run import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGINS = Path(__file__).parent / "plugins"
@@ -249,11 +249,12 @@ def test_enospc_at_each_checkpoint_write_site(tmp_path, monkeypatch, site):
 
 
 def test_enospc_in_the_run_files(tmp_path, monkeypatch):
-    from lumi.train import rundir
+    from lumi.run import MetricsLog, Run
 
+    run = Run(tmp_path)
     monkeypatch.setattr(Path, "write_text", _enospc)
     with pytest.raises(LumiError, match=r"cannot write .*summary\.json: the disk is full"):
-        rundir.write_json(tmp_path / "summary.json", {"a": 1})
+        run.write_summary({"a": 1})
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []  # no temp file left
 
@@ -261,11 +262,11 @@ def test_enospc_in_the_run_files(tmp_path, monkeypatch):
     metrics.write_text(json.dumps({"step": 1}) + "\n" + json.dumps({"step": 5}) + "\n")
     monkeypatch.setattr(Path, "write_text", _enospc)
     with pytest.raises(LumiError, match="the disk is full"):
-        rundir.truncate_metrics(metrics, 1)  # resuming while the disk is still full
+        run.truncate_metrics(1)  # resuming while the disk is still full
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
-    log = rundir.MetricsLog(metrics)
+    log = MetricsLog(metrics)
     monkeypatch.setattr(log, "_f", type("Full", (), {"write": _enospc, "flush": _enospc, "close": lambda s: None})())
     with pytest.raises(LumiError, match=r"cannot append to .*metrics\.jsonl: the disk is full"):
         log.write({"step": 2})
@@ -461,7 +462,8 @@ def test_generate_streams_and_refuses_bad_numbers(run_copy, capsys, monkeypatch)
                  "--temperature", "0"]) == 0
     monkeypatch.undo()
     assert Recorder.flushes >= 8  # printed as generated, not once at the end
-    from lumi.generate import generate, load_run_model
+    from lumi.generate import generate
+    from lumi.run import load_run_model
 
     model, tok = load_run_model(run_copy)
     assert out.getvalue() == "To" + tok.decode(generate(model, [tok.sep_id] + tok.encode("To"), 8,

@@ -12,7 +12,7 @@ import pytest
 
 from lumi.train.config import load_config
 from lumi.train.loop import train
-from lumi.train.rundir import read_metrics
+from lumi.run import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 

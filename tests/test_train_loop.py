@@ -22,7 +22,7 @@ from lumi.train import checkpoint as ckpt
 from lumi.train.batches import step_batch
 from lumi.train.config import load_config
 from lumi.train.loop import train
-from lumi.train.rundir import read_metrics
+from lumi.run import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,10 +1,10 @@
 """Sampling text from a model: greedy / temperature / top-k / top-p, with a KV cache when the model has one.
 
-    model, tokenizer = load_run_model("runs/llama-nano")
+    model, tokenizer = lumi.run.load_run_model("runs/llama-nano")
     ids = generate(model, [tokenizer.sep_id] + tokenizer.encode("ROMEO:"), 100, temperature=0.8, top_k=50)
     print(tokenizer.decode(ids))
 
-A model with ``new_cache()`` is decoded incrementally: the prompt once, then one token per step
+A model with ``supports_cache`` is decoded incrementally: the prompt once, then one token per step
 through ``model(tokens, cache=cache)``. Any other model re-runs the full forward every step
 (cropped to its maximum context, if it has one). Under greedy decoding (temperature 0) the two
 paths must give identical tokens; the tests check it.
@@ -12,18 +12,12 @@ paths must give identical tokens; the tests check it.
 ``stream(...)`` yields the tokens one by one as they are sampled (``lumi generate`` prints them as they
 come); ``generate(...)`` returns them as a list. At most MAX_NEW_TOKENS (1,000,000) new tokens per call:
 past that a typo (an extra zero) would run for days without a KV cache, and nothing here needs more.
-
-``load_run_model`` never imports a plugin file because the run directory names it: the caller passes
-``model_files`` (``lumi generate --model-file``), checked against the run's recorded list.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -177,138 +171,3 @@ def _decode(
                 logits = model(ids if max_len is None else ids[:, -max_len:])[0, -1]
     finally:
         model.train(was_training)
-
-
-# -- loading a trained run ------------------------------------------------------------------------
-
-
-def find_run_dir(path: str | Path) -> tuple[Path, Path]:
-    """(run directory, checkpoint directory) for a run dir, a checkpoint dir or a model.safetensors file."""
-    p = Path(path)
-    if not p.exists():
-        raise LumiError(
-            f"{str(p)!r} does not exist; give a run directory written by `lumi train` "
-            "(runs/<name>), one of its checkpoint directories, or a model.safetensors file"
-        )
-    if p.is_file():
-        if p.suffix != ".safetensors":
-            raise LumiError(f"{str(p)!r} is not a run directory or a .safetensors checkpoint")
-        ckpt = p.parent
-    elif (p / "model.safetensors").is_file():
-        ckpt = p
-    elif (p / "config.yaml").is_file():
-        from lumi.train.checkpoint import find_checkpoint
-
-        ckpt = find_checkpoint(p / "checkpoints")
-        if ckpt is None:
-            raise LumiError(
-                f"run directory {str(p)!r} has no complete checkpoint under "
-                f"{p / 'checkpoints'} (expected latest/model.safetensors); did the run save one?"
-            )
-        return p, ckpt
-    else:
-        raise LumiError(
-            f"{str(p)!r} is not a run directory: it has neither config.yaml nor model.safetensors"
-        )
-    for parent in [ckpt, *ckpt.parents]:
-        if (parent / "config.yaml").is_file():
-            return parent, ckpt
-    raise LumiError(
-        f"cannot find the run's config.yaml above checkpoint {str(ckpt)!r}; "
-        "it says which model and tokenizer the weights belong to"
-    )
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise LumiError(f"{path}: unreadable run config ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict) or not data["model"].get("name"):
-        raise LumiError(f"{path}: expected a run config with a 'model: {{name: ...}}' section")
-    return data
-
-
-def require_run_plugins(run: Path, ckpt: Path, model_cfg: dict[str, Any]) -> None:
-    """LumiError naming the --model-file to pass unless every plugin file the run recorded was passed."""
-    from lumi.models.registry import require_model_files
-
-    files = model_cfg.get("files") or []
-    if not isinstance(files, list):
-        raise LumiError(f"{run / 'config.yaml'}: model.files must be a list of .py files, got {files!r}")
-    hashes = None
-    try:
-        state = json.loads((ckpt / "state.json").read_text())
-        hashes = state.get("model_files") if isinstance(state, dict) else None
-    except (OSError, ValueError):
-        pass
-    require_model_files(
-        [str(f) for f in files], hashes if isinstance(hashes, dict) else None, run, str(model_cfg.get("name"))
-    )
-
-
-def _load_run_tokenizer(run_dir: Path, data: dict[str, Any]):
-    from lumi.data.tokenizers import BytesTokenizer, load_tokenizer
-
-    candidates: list[Path] = []
-    if data.get("dir"):
-        candidates.append(Path(data["dir"]))
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        if summary.get("data"):
-            candidates.append(Path(summary["data"]))
-    except (OSError, ValueError):
-        pass
-    if data.get("corpus") and data.get("tokenizer"):
-        from lumi.data.paths import default_data_dir
-
-        candidates.append(default_data_dir(str(data["corpus"]), str(data["tokenizer"])))
-    for d in candidates:
-        if (d / "lumi_tokenizer.json").is_file():
-            return load_tokenizer(d)
-    if str(data.get("tokenizer", "")).strip() == "bytes":
-        return BytesTokenizer()  # needs no files
-    tried = ", ".join(str(d) for d in candidates) or "(no data section in config.yaml)"
-    raise LumiError(
-        f"cannot find the tokenizer of run {str(run_dir)!r}: no prepared data with "
-        f"lumi_tokenizer.json at {tried}; re-run `lumi data prepare` for its corpus and tokenizer"
-    )
-
-
-def load_run_model(
-    run_dir: str | Path, device: str | torch.device = "cpu", model_files: Sequence[str | Path] = ()
-):
-    """(model, tokenizer) of a `lumi train` run, from its latest complete checkpoint.
-
-    ``model_files``: the plugin files of a run of a plugin architecture, named by the caller; the files
-    the run directory lists are checked against them (path or content hash), never imported."""
-    from lumi.models.registry import load_model_file, model_from_config
-    from lumi.train.checkpoint import load_model_weights
-
-    run, ckpt = find_run_dir(run_dir)
-    cfg = _read_yaml(run / "config.yaml")
-    model_cfg = cfg["model"]
-    for f in model_files:
-        load_model_file(f)
-    require_run_plugins(run, ckpt, model_cfg)
-    config_path = ckpt / "model_config.json"
-    try:
-        values = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise LumiError(
-            f"checkpoint {str(ckpt)!r} has no model_config.json (the resolved model config)"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise LumiError(f"{config_path}: unreadable model config ({e})") from None
-    model = model_from_config(str(model_cfg["name"]), values)
-    load_model_weights(ckpt, model, device)
-    model.to(device).eval()
-    tokenizer = _load_run_tokenizer(run, cfg.get("data") or {})
-    if tokenizer.vocab_size != model.config.vocab_size:
-        raise LumiError(
-            f"the tokenizer found for {str(run)!r} has {tokenizer.vocab_size} ids but the model was "
-            f"trained with vocab_size {model.config.vocab_size}; the prepared data changed"
-        )
-    return model, tokenizer

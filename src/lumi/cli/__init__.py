@@ -18,7 +18,6 @@ VERBS: dict[str, str] = {
     "tune": "lumi.cli.tune",
     "eval": "lumi.cli.eval",
     "generate": "lumi.cli.generate",
-    "bench": "lumi.cli.bench",
 }
 
 DESCRIPTION = """\
@@ -42,14 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"lumi {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    for verb, module in VERBS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:  # verb not built yet
-                continue
-            raise
-        mod.add_parser(sub)
+    for module in VERBS.values():
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from lumi.errors import LumiError
+from lumi.io import parse_assignment
 
 
 def add_json_flag(p: argparse.ArgumentParser) -> None:
@@ -55,15 +56,23 @@ def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """['a=1', 'b=x'] -> {'a': 1, 'b': 'x'}; values are parsed as YAML scalars."""
-    import yaml
+    return dict(parse_assignment(item, "FIELD=VALUE (e.g. n_layers=4)", "override") for item in items)
 
-    out: dict[str, Any] = {}
+
+def apply_section_settings(
+    raw: dict[str, Any], items: list[str], sections: tuple[str, ...], hint: str
+) -> None:
+    """``--set SECTION.KEY=VALUE`` items into the spec mapping ``raw`` (``raw[SECTION][KEY] = value``)."""
     for item in items:
-        if "=" not in item:
-            raise LumiError(f"override {item!r} must look like FIELD=VALUE (e.g. n_layers=4)")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-    return out
+        key, value = parse_assignment(
+            item, f"{' or '.join(s + '.KEY=VALUE' for s in sections)} ({hint})", "--set"
+        )
+        section, dot, name = key.partition(".")
+        if not dot or section not in sections or not name:
+            raise LumiError(
+                f"--set {item!r} must look like {' or '.join(s + '.KEY=VALUE' for s in sections)} ({hint})"
+            )
+        raw[section] = {**(raw.get(section) or {}), name: value}
 
 
 def split_model_preset(model: str, preset: str | None) -> tuple[str, str | None]:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lumi.cli.common import add_json_flag, print_json
+from lumi.cli.common import add_json_flag, apply_section_settings, print_json
 from lumi.errors import LumiError
 
 HELP = "matched multi-seed comparison of architectures, with paired statistics and a report (the main job)"
@@ -171,7 +171,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def build_spec(args: argparse.Namespace):
     """The CompareSpec from --config / the default, then the command line on top."""
-    import yaml
 
     from lumi.compare.spec import auto_name, default_spec_dict, load_spec_file, spec_from_dict
 
@@ -218,17 +217,12 @@ def build_spec(args: argparse.Namespace):
     if args.data:
         data["dir"] = str(Path(args.data).expanduser().resolve())
     raw["data"] = data
-    for item in args.settings:
-        key, eq, value = item.partition("=")
-        section, dot, field = key.strip().partition(".")
-        if not eq or not dot or section not in ("train", "optim", "data") or not field:
-            raise LumiError(
-                f"--set {item!r} must look like train.KEY=VALUE, optim.KEY=VALUE or data.KEY=VALUE "
-                "(e.g. --set train.seq_len=64); per-arm model fields go in the arm: llama:nano+mlp=relu2"
-            )
-        raw.setdefault(section, {})
-        raw[section] = dict(raw[section] or {})
-        raw[section][field] = yaml.safe_load(value) if value.strip() else ""
+    apply_section_settings(
+        raw,
+        args.settings,
+        ("train", "optim", "data"),
+        "e.g. --set train.seq_len=64; per-arm model fields go in the arm: llama:nano+mlp=relu2",
+    )
     spec = spec_from_dict(
         raw, where, default_name=default_name, base_dir=Path(args.config).parent if args.config else None
     )

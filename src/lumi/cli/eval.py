@@ -60,39 +60,23 @@ def evaluate_run(
     device: str = "auto",
     model_files: list[str] | None = None,
 ) -> dict[str, Any]:
-    import json
-
     from lumi.metrics.evaluate import evaluate_bpb, unigram_bpb
-    from lumi.models.registry import (
-        load_model_file,
-        model_from_config,
-        require_model_files,
-    )
-    from lumi.train import checkpoint as ckpt
+    from lumi.run import Run
     from lumi.train.distributed import DistInfo
-    from lumi.train.loop import load_data, resolve_autocast, resolve_device
-    from lumi.train.rundir import read_run_config
+    from lumi.train.runtime import resolve_autocast, resolve_device
 
-    cfg = read_run_config(run_dir, purpose="eval")
-    found = ckpt.find_checkpoint(run_dir / "checkpoints")
-    if found is None:
-        raise LumiError(f"run {str(run_dir)!r} has no complete checkpoint under {run_dir / 'checkpoints'}")
-    for f in model_files or []:  # named on the command line; the run's own list is only checked
-        load_model_file(f)
-    require_model_files(
-        list(cfg.model.files), ckpt.load_state(found).get("model_files"), run_dir, cfg.model.name
-    )
-    data = load_data(cfg, progress=False, info=DistInfo())
-    model_cfg = json.loads((found / "model_config.json").read_text())
-    if int(model_cfg.get("vocab_size", -1)) != data.vocab_size:
-        raise LumiError(
-            f"checkpoint {found} has vocab_size {model_cfg.get('vocab_size')} but the run's data "
-            f"({data.directory}) has {data.vocab_size}"
-        )
+    run = Run.open(run_dir)
+    cfg = run.config
+    found = run.checkpoint()
     dev = resolve_device(device, DistInfo())
-    model = model_from_config(cfg.model.name, model_cfg).to(dev)
-    ckpt.load_model_weights(found, model, dev)
-    state = ckpt.load_state(found)
+    model = run.load_model(dev, model_files or [], found)
+    data = run.data()
+    vocab = int(getattr(model.config, "vocab_size", -1))
+    if vocab != data.vocab_size:
+        raise LumiError(
+            f"checkpoint {found} has vocab_size {vocab} but the run's data ({data.directory}) has {data.vocab_size}"
+        )
+    state = run.checkpoint_state(found)
     result = evaluate_bpb(
         model,
         data.tokens(split),

@@ -6,13 +6,7 @@ import argparse
 import sys
 import time
 
-from lumi.cli.common import (
-    add_json_flag,
-    load_plugins,
-    parse_overrides,
-    print_json,
-    split_model_preset,
-)
+from lumi.cli.common import add_json_flag, load_plugins, parse_overrides, print_json, split_model_preset
 from lumi.errors import LumiError
 
 HELP = "sample text from a trained run (temperature / top-k / top-p, KV cache)"
@@ -112,7 +106,8 @@ def _random_init_model(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lumi.generate import decodes_with_cache, load_run_model, stream
+    from lumi.generate import decodes_with_cache, stream
+    from lumi.run import load_run_model
 
     if args.run and args.model:
         raise LumiError("give either RUN_DIR_OR_CHECKPOINT or --model (random init), not both")
@@ -125,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         raise LumiError(
             "nothing to generate from: give a run directory (e.g. runs/llama-nano) or --model NAME"
         )
-    prompt_ids = [tokenizer.sep_id] + tokenizer.encode(args.prompt)
+    prompt_ids = [tokenizer.sep_id, *tokenizer.encode(args.prompt)]
     use_cache = not args.no_cache
     start = time.perf_counter()
     tokens = stream(

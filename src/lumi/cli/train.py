@@ -126,11 +126,16 @@ def build_config(args: argparse.Namespace):
     from lumi.train.config import TrainConfig, apply_override, load_config
 
     if args.resume:
-        from lumi.train.rundir import read_run_config
+        from lumi.run import Run
 
         if args.config:
             raise LumiError("--resume continues a run with its own config.yaml; do not pass --config with it")
-        cfg = read_run_config(Path(args.resume))
+        run = Run(args.resume)
+        if not run.config_path.is_file():
+            raise LumiError(
+                f"cannot resume {str(run.path)!r}: it has no config.yaml (not a lumi train run directory)"
+            )
+        cfg = run.config
     else:
         cfg = load_config(args.config) if args.config else TrainConfig()
     if args.model:
@@ -209,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, cfg, info) -> dict[str, Any]:
     from lumi.train.distributed import broadcast_object
-    from lumi.train.loop import check_run_dir, train
+    from lumi.train.loop import train
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -223,18 +228,16 @@ def _run(args: argparse.Namespace, cfg, info) -> dict[str, Any]:
         check_run_name(cfg.name)
         run_dir = Path("runs") / cfg.name
     files = list(args.model_file) if args.resume else []  # a fresh run imports cfg.model.files (incl. these)
-    check_run_dir(cfg, run_dir, bool(args.resume), files)  # fail before printing anything
-    from lumi.train.rundir import completed_summary
 
-    done = completed_summary(run_dir) if args.resume else None
-    if done is not None and info.is_main:
-        print(
-            f"run {run_dir} is already complete ({done.get('steps')} steps, final val BPB "
-            f"{done.get('final_val_bpb')}); nothing to do",
-            file=sys.stderr,
-            flush=True,
-        )
-    elif info.is_main:
+    def announce(done: dict[str, Any] | None) -> None:  # once the directory is checked, before any work
+        if done is not None:
+            print(
+                f"run {run_dir} is already complete ({done.get('steps')} steps, final val BPB "
+                f"{done.get('final_val_bpb')}); nothing to do",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
         out = sys.stderr if args.json else sys.stdout
         verb = "resuming" if args.resume else "training"
         print(
@@ -243,7 +246,16 @@ def _run(args: argparse.Namespace, cfg, info) -> dict[str, Any]:
             file=out,
         )
         print("  " + cfg.to_yaml().rstrip().replace("\n", "\n  "), file=out, flush=True)
-    return train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress, model_files=files)
+
+    return train(
+        cfg,
+        run_dir,
+        resume=bool(args.resume),
+        progress=not args.no_progress,
+        model_files=files,
+        info=info,
+        announce=announce,
+    )
 
 
 def print_summary(s: dict[str, Any]) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lumi.cli.common import add_json_flag, print_json
-from lumi.errors import LumiError
+from lumi.cli.common import add_json_flag, apply_section_settings, print_json
 
 HELP = "learning-rate sweep for one model, scored on a tuning split carved from the training data (never val)"
 
@@ -68,7 +67,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def build_spec(args: argparse.Namespace):
     """A one-arm CompareSpec: the same data, plan and run machinery as `lumi compare --tune`."""
-    import yaml
 
     from lumi.compare.spec import spec_from_dict
     from lumi.compare.tune import parse_grid
@@ -91,15 +89,7 @@ def build_spec(args: argparse.Namespace):
         raw["data"]["tokenizer"] = args.tokenizer
     if args.data:
         raw["data"]["dir"] = str(Path(args.data).expanduser().resolve())
-    for item in args.settings:
-        key, eq, value = item.partition("=")
-        section, dot, field = key.strip().partition(".")
-        if not eq or not dot or section not in ("train", "optim") or not field:
-            raise LumiError(
-                f"--set {item!r} must look like train.KEY=VALUE or optim.KEY=VALUE (e.g. --set "
-                "optim.name=muon)"
-            )
-        raw[section][field] = yaml.safe_load(value) if value.strip() else ""
+    apply_section_settings(raw, args.settings, ("train", "optim"), "e.g. --set optim.name=muon")
     spec = spec_from_dict(raw, "command line")
     from lumi.cli.compare import _attach_model_files
 
@@ -138,7 +128,7 @@ def tune_one(spec, out: Path, progress: bool = True) -> dict:
     from lumi.compare.comparison import _cpu_count, _load_plugins, _log, _prepare_data
     from lumi.compare.plan import model_facts, plan_budgets, tokens_per_step, train_settings, validate_pairing
     from lumi.compare.tune import run_tuning
-    from lumi.train.rundir import json_safe
+    from lumi.io import json_safe
 
     validate_pairing(spec)
     _load_plugins(spec)
@@ -147,9 +137,7 @@ def tune_one(spec, out: Path, progress: bool = True) -> dict:
     arm = spec.arms[0]
     facts = {arm.label: model_facts(arm, vocab[spec.tokenizer_of(arm)], train_settings(spec).seq_len)}
     probe = None
-    from lumi.train.config import parse_budget
-
-    if parse_budget(spec.budget).kind == "seconds":
+    if spec.budget.is_time:
         spec.match = "time"  # a time budget means the same seconds for every grid point
     plans = {p.label: p for p in plan_budgets(spec, facts, tokens_per_step(spec), probe)}
     jobs = max(1, spec.jobs)

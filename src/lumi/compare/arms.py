@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lumi.errors import LumiError, closest
+from lumi.io import parse_assignment
 
 ARM_FORMS = "MODEL[:PRESET][+FIELD=VALUE...] or LABEL=MODEL[:PRESET][+FIELD=VALUE...]"
 ARM_KEYS = ("model", "preset", "overrides", "label", "files", "optim", "train", "tokenizer")
@@ -67,15 +68,6 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def _parse_value(text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        return text
-
-
 def parse_arm(text: str, label: str | None = None) -> Arm:
     """'llama:micro+mlp=relu2' or 'relu2=llama:micro+mlp=relu2' -> Arm."""
     text = str(text).strip()
@@ -92,10 +84,11 @@ def parse_arm(text: str, label: str | None = None) -> Arm:
         raise LumiError(f"arm {text!r} has no model name; arms look like {ARM_FORMS}")
     overrides: dict[str, Any] = {}
     for part in parts:
-        key, eq, value = part.partition("=")
-        if not eq or not key.strip():
-            raise LumiError(f"arm {text!r}: {part!r} must be FIELD=VALUE (e.g. llama:micro+mlp=relu2)")
-        overrides[key.strip()] = _parse_value(value)
+        try:
+            key, value = parse_assignment(part, "FIELD=VALUE (e.g. llama:micro+mlp=relu2)")
+        except LumiError as e:
+            raise LumiError(f"arm {text!r}: {e}") from None
+        overrides[key] = value
     if label is not None:
         _check_label(label, text)
     return Arm(name=name.strip(), preset=preset.strip() or None, overrides=overrides, label=label)

@@ -34,6 +34,9 @@ from lumi.compare.plan import (
 from lumi.compare.runner import RunJob, run_jobs
 from lumi.compare.spec import CompareSpec
 from lumi.errors import LumiError
+from lumi.io import read_yaml, write_json, write_yaml
+from lumi.run import Run, config_differences
+from lumi.train.config import parse_budget
 
 # Spec keys that may change between invocations without changing any run: more seeds, another
 # threshold or baseline, a different parallelism, permission to train leaky arms.
@@ -46,29 +49,10 @@ def _log(msg: str) -> None:
     print(f"[compare] {msg}", file=sys.stderr, flush=True)
 
 
-def _write_yaml(path: Path, obj: Any) -> None:
-    import yaml
-
-    from lumi.train.rundir import write_text_atomic
-
-    write_text_atomic(path, yaml.safe_dump(obj, sort_keys=False, default_flow_style=False))
-
-
-def _read_yaml(path: Path) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise LumiError(f"{path} is unreadable ({e}); move the directory away or use --force") from None
-
-
 def _run_defining(d: dict[str, Any]) -> dict[str, Any]:
     """The spec keys that change runs. The baseline does too when the budgets are converted through it
     (--match flops with a step/token budget; a time budget with --match tokens|flops)."""
-    from lumi.train.config import parse_budget
-
-    kind = parse_budget(d.get("budget", "1steps")).kind
+    kind = parse_budget(str(d.get("budget", "1steps"))).kind
     via_baseline = (d.get("match") == "flops" and kind != "flops") or (
         kind == "seconds" and d.get("match") != "time"
     )
@@ -83,7 +67,6 @@ def open_comparison_dir(
     A different comparison is refused (its differing keys listed) unless ``force``, which moves it
     aside to <dir>.replaced-<time>: runs of different specs are never mixed.
     """
-    from lumi.train.rundir import config_differences
 
     if not comp_dir.exists() or (
         comp_dir.is_dir() and not any(p.name != ".lock" for p in comp_dir.iterdir())
@@ -95,7 +78,10 @@ def open_comparison_dir(
             f"{str(comp_dir)!r} exists but is not a lumi compare directory (no compare.yaml); "
             f"choose another --out or --name"
         )
-    saved = _read_yaml(saved_path)
+    try:
+        saved = read_yaml(saved_path, "comparison state")
+    except LumiError as e:
+        raise LumiError(f"{e}; move the directory away or use --force") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("spec"), dict):
         raise LumiError(f"{saved_path} has no spec; move the directory away or use --force")
     diffs = config_differences(_run_defining(saved["spec"]), _run_defining(spec.to_dict()))
@@ -167,11 +153,11 @@ def _run_locked(
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     from lumi.compare.report import write_report
     from lumi.compare.results import collect_results
-    from lumi.train.rundir import json_safe
+    from lumi.io import json_safe
 
     state: dict[str, Any] = dict(saved or {})
     state["spec"] = spec.to_dict()
-    _write_yaml(comp_dir / "compare.yaml", state)
+    write_yaml(comp_dir / "compare.yaml", state)
     seeds_text = f"seeds auto:{spec.seeds_max}" if spec.seeds_max is not None else f"{len(spec.seeds)} seeds"
     log(
         f"comparison {spec.name!r} in {comp_dir}: {len(spec.arms)} arms x {seeds_text}, budget "
@@ -202,9 +188,7 @@ def _run_locked(
         plans = {k: ArmPlan(**v) for k, v in state["plans"].items()}  # same spec: exactly the same budgets
     else:
         probe = None
-        from lumi.train.config import parse_budget
-
-        if parse_budget(spec.budget).kind == "seconds" and spec.match != "time":
+        if spec.budget.is_time and spec.match != "time":
             base = spec.arm(spec.baseline)
             log(
                 f"measuring {spec.baseline}'s throughput to convert the {spec.budget} budget into "
@@ -213,12 +197,12 @@ def _run_locked(
             probe = measure_tokens_per_s(
                 base, vocab[spec.tokenizer_of(base)], seq_len, settings.batch_size, threads
             )
-            log(f"  {probe:,.0f} tokens/s -> {probe * parse_budget(spec.budget).value:,.0f} tokens")
+            log(f"  {probe:,.0f} tokens/s -> {probe * spec.budget.value:,.0f} tokens")
         plans = {p.label: p for p in plan_budgets(spec, facts, tps, probe)}
         state["probe_tokens_per_s"] = probe
         state["plans"] = {k: p.to_dict() for k, p in plans.items()}
     state["facts"] = {k: f.to_dict() for k, f in facts.items()}
-    _write_yaml(comp_dir / "compare.yaml", state)
+    write_yaml(comp_dir / "compare.yaml", state)
     _log_plans(spec, plans, facts, log)
 
     notes = []
@@ -244,7 +228,7 @@ def _run_locked(
 
         tuning = run_tuning(spec, comp_dir, data_dirs, plans, threads, jobs, retry_failed, progress, log)
         state["tuning"] = tuning
-        _write_yaml(comp_dir / "compare.yaml", state)
+        write_yaml(comp_dir / "compare.yaml", state)
         for arm in run_spec.arms:
             arm.optim = dict(tuning["arms"][arm.label]["optim"])
             log(
@@ -403,10 +387,8 @@ INTERRUPTED_CODES = (130, -signal.SIGINT, -signal.SIGTERM)
 def _mark_killed(job: RunJob, log: Callable[[str], None]) -> None:
     """A child that ended without a final status is recorded: `interrupted` when an interrupt ended it (it
     resumes, or restarts when it had no checkpoint yet), else `failed` with how it ended and its log."""
-    from lumi.compare.results import read_summary
-    from lumi.train.rundir import write_json
-
-    if job.returncode in (None, 0) or _status(job.run_dir) not in (None, "running", "unknown"):
+    run = Run(job.run_dir)
+    if job.returncode in (None, 0) or run.status() not in (None, "running", "unknown"):
         return
     if job.returncode in INTERRUPTED_CODES:
         status, error = (
@@ -420,10 +402,7 @@ def _mark_killed(job: RunJob, log: Callable[[str], None]) -> None:
         else:
             how = f"exited with code {job.returncode}"
         status, error = "failed", f"lumi train {how} without writing a final status; see {job.log_path}"
-    summary = read_summary(job.run_dir) or {"run_dir": str(job.run_dir)}
-    summary.update(status=status, error=error)
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(job.run_dir / "summary.json", summary)
+    run.mark(status, error)
     log(f"{job.key}: {error}")
 
 
@@ -473,7 +452,6 @@ def _run_checks(
     """`lumi check` on every arm (cached by definition), its causality probes also at the comparison's
     training (= evaluation) length. Refuses leaky arms unless spec.allow_leaky."""
     from lumi.check.runner import run_checks
-    from lumi.train.rundir import write_json
 
     probe_lengths = [train_settings(spec).seq_len]
 
@@ -615,15 +593,13 @@ def needs_training(
 
     A run trained with another config (thread count excepted) is refused: it is never silently reused.
     """
-    from lumi.train.checkpoint import find_checkpoint
-    from lumi.train.rundir import config_differences
-
     job.config_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_yaml(job.config_path, cfg)
+    write_yaml(job.config_path, cfg)
     run_dir = job.run_dir
-    status = _status(run_dir)
+    run = Run(run_dir)
+    status = run.status()
     if status is not None:
-        saved = _read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+        saved = read_yaml(run.config_path, "run config") if run.config_path.is_file() else None
         if isinstance(saved, dict):
             # Keys that do not change what a run trains: its threads, and the leak probes around training
             # (runs from before the probes existed lack the causality keys and are still reused).
@@ -648,23 +624,13 @@ def needs_training(
     if status == "failed":
         _move_aside(run_dir, ".failed", log)
     elif run_dir.exists():
-        if find_checkpoint(run_dir / "checkpoints") is not None:
+        if run.latest_checkpoint() is not None:
             job.resume = True
             counts["resumed"] += 1
             return True
         _move_aside(run_dir, ".incomplete", log)  # killed before its first checkpoint: start over
     counts["to train"] += 1
     return True
-
-
-def _status(run_dir: Path) -> str | None:
-    """The run's recorded status; 'unknown' for a directory without a readable summary; None: no run."""
-    from lumi.compare.results import read_summary
-
-    summary = read_summary(run_dir)
-    if summary is not None:
-        return summary.get("status")
-    return "unknown" if run_dir.exists() else None
 
 
 def _move_aside(run_dir: Path, suffix: str, log: Callable[[str], None]) -> None:

@@ -6,42 +6,14 @@ are printed when a run starts or ends and every ``PLAIN_EVERY_S`` seconds for th
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-from lumi.compare.results import read_summary
+from lumi.run import Run
 from lumi.compare.runner import RunJob
 
 PLAIN_EVERY_S = 30.0
-
-
-def latest_metrics(run_dir: Path) -> dict[str, Any]:
-    """The last train row's step/loss and the last eval's val BPB of a (running) run, read cheaply."""
-    path = run_dir / "metrics.jsonl"
-    out: dict[str, Any] = {}
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - 16384))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return out
-    for line in reversed(lines):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if row.get("kind") == "train" and "step" not in out:
-            out["step"], out["loss"] = row.get("step"), row.get("loss_ema") or row.get("loss")
-        if row.get("kind") == "eval" and "val_bpb" not in out:
-            out["val_bpb"] = row.get("val_bpb")
-        if "step" in out and "val_bpb" in out:
-            break
-    return out
 
 
 class CompareDisplay:
@@ -75,10 +47,10 @@ class CompareDisplay:
             self._plain(f"{verb} {job.key} -> {job.run_dir} (log: {job.log_path})")
 
     def finished(self, job: RunJob) -> None:
-        status = (read_summary(job.run_dir) or {}).get("status") or "unknown"
+        status = Run(job.run_dir).status() or "unknown"
         self.ended[job.key] = status
         if self.live is None:
-            m = latest_metrics(job.run_dir)
+            m = Run(job.run_dir).latest_metrics()
             extra = f", val BPB {m['val_bpb']:.4f}" if m.get("val_bpb") is not None else ""
             took = f" in {job.ended - job.started:.0f}s" if job.started and job.ended else ""
             done = len(self.ended) + self.reused
@@ -97,7 +69,7 @@ class CompareDisplay:
 
     # -- rendering -----------------------------------------------------------------------------------
     def _progress_text(self, job: RunJob) -> str:
-        m = latest_metrics(job.run_dir)
+        m = Run(job.run_dir).latest_metrics()
         total = self.total_steps.get(job.label)
         parts = [f"step {m.get('step', 0)}" + (f"/{total}" if total else "")]
         if m.get("loss") is not None:

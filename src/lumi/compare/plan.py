@@ -15,6 +15,7 @@ from typing import Any
 from lumi.compare.arms import Arm
 from lumi.compare.spec import CompareSpec
 from lumi.errors import LumiError
+from lumi.train.config import Budget
 
 MIN_STEPS = 10  # fewer optimizer steps than this leave nothing to evaluate or compare
 MIN_SECONDS = 10.0
@@ -113,15 +114,13 @@ def plan_budgets(
     probe_tokens_per_s: float | None = None,
 ) -> list[ArmPlan]:
     """One ArmPlan per arm (in spec order) so that ``spec.match`` is equal across arms."""
-    from lumi.train.config import parse_budget
-
-    budget = parse_budget(spec.budget)
+    budget = spec.budget
     if spec.match == "time":
         if budget.kind != "seconds":
-            raise LumiError(f"--match time needs a time budget (e.g. 90s, 2m), got {spec.budget!r}")
+            raise LumiError(f"--match time needs a time budget (e.g. 90s, 2m), got {budget.text!r}")
         if budget.value < MIN_SECONDS:
             raise LumiError(
-                f"budget {spec.budget!r} is too small to evaluate: give every arm at least "
+                f"budget {budget.text!r} is too small to evaluate: give every arm at least "
                 f"{MIN_SECONDS:g} s of training"
             )
         return [ArmPlan(a.label, f"{budget.value:g}s", None, None, None) for a in spec.arms]
@@ -144,10 +143,10 @@ def plan_budgets(
     for arm in spec.arms:
         fpt = facts[arm.label].flops_per_token
         tokens = base_tokens if spec.match == "tokens" else total_flops / fpt
-        steps = int(round(tokens / tokens_per_step))
+        steps = Budget("tokens", tokens).steps(tokens_per_step, fpt) or 0
         if steps < MIN_STEPS:
             raise LumiError(
-                f"budget {spec.budget!r} is too small to evaluate: arm {arm.label!r} would get {steps} "
+                f"budget {budget.text!r} is too small to evaluate: arm {arm.label!r} would get {steps} "
                 f"optimizer steps of {tokens_per_step} tokens (at least {MIN_STEPS} are needed)"
             )
         plans.append(

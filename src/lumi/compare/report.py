@@ -489,7 +489,7 @@ def write_report(results: dict[str, Any], comp_dir: str | Path, make_plots: bool
 
     Returns {"results": path, "report": path, "<plot>.png": path ...}; no PNG keys when no run has a curve.
     """
-    from lumi.train.rundir import write_json, write_text_atomic
+    from lumi.io import write_json, write_text_atomic
 
     comp_dir = Path(comp_dir)
     comp_dir.mkdir(parents=True, exist_ok=True)

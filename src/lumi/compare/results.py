@@ -11,7 +11,8 @@ from typing import Any
 
 from lumi.compare.diagnose import TAIL_FRACTION, diagnose_run, split_rows
 from lumi.compare.stats import as_number, compare_paired, summarize
-from lumi.train.rundir import json_safe, read_metrics, read_summary
+from lumi.io import json_safe
+from lumi.run import Run
 
 # Summary fields copied into each run's entry.
 RUN_FIELDS = ("steps", "tokens", "flops", "wall_s", "train_s", "tok_per_s", "final_val_bpb", "error")
@@ -109,8 +110,9 @@ def collect_run(
     run_dir: Path, seed: int, check_passed: bool | None = None, check_detail: str | None = None
 ) -> dict[str, Any]:
     """One run's entry: status, numbers, diagnoses and validation curve (status 'missing' without a summary)."""
-    summary = read_summary(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    run_files = Run(run_dir)
+    summary = run_files.summary()
+    rows = run_files.metrics()
     status = str(summary.get("status") or "unknown") if summary else "missing"
     s = summary or {}
     final = as_number(s.get("final_val_bpb"))
@@ -239,7 +241,7 @@ def collect_results(
             "name": spec.name,
             "spec": spec.to_dict(),
             "matched": spec.match,
-            "budget": spec.budget,
+            "budget": spec.budget.text,
             "seeds": list(spec.seeds),
             "baseline": spec.baseline,
             "threshold": spec.threshold,

@@ -51,11 +51,12 @@ class RunJob:
         return base + ["--config", str(self.config_path), "--out", str(self.run_dir)]
 
     def plugin_files(self) -> list[str]:
-        import yaml
+        from lumi.errors import LumiError
+        from lumi.io import read_yaml
 
         try:
-            cfg = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
-        except (OSError, ValueError, yaml.YAMLError):
+            cfg = read_yaml(self.config_path, "run config") or {}
+        except LumiError:
             return []
         return [str(f) for f in (cfg.get("model") or {}).get("files") or []]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from lumi.compare.arms import Arm, arm_from_mapping, parse_arm
 from lumi.errors import LumiError, closest
+from lumi.train.config import Budget, parse_budget
 
 MATCHES = ("tokens", "flops", "time")
 DEFAULT_THRESHOLD = 0.005
@@ -71,7 +72,7 @@ class CompareSpec:
     arms: list[Arm]
     baseline: str
     seeds: list[int]
-    budget: str
+    budget: Budget
     match: str = "tokens"
     threshold: float = DEFAULT_THRESHOLD
     jobs: int = 1
@@ -101,7 +102,7 @@ class CompareSpec:
             "arms": [a.to_dict() for a in self.arms],
             "baseline": self.baseline,
             "seeds": list(self.seeds) if self.seeds_max is None else f"auto:{self.seeds_max}",
-            "budget": self.budget,
+            "budget": self.budget.text,
             "match": self.match,
             "threshold": self.threshold,
             "jobs": self.jobs,
@@ -259,11 +260,8 @@ def spec_from_dict(
         raise LumiError(f"{where}: jobs must be a whole number >= 1, got {raw.get('jobs')!r}") from None
     if jobs < 1:
         raise LumiError(f"{where}: jobs must be >= 1, got {jobs}")
-    budget = str(raw.get("budget") or FALLBACK_BUDGET)
-    from lumi.train.config import parse_budget
-
     try:
-        parse_budget(budget)
+        budget = parse_budget(str(raw.get("budget") or FALLBACK_BUDGET))
     except LumiError as e:
         raise LumiError(f"{where}: {e}") from None
     data = _section(raw, "data", where)

@@ -198,12 +198,12 @@ def run_tuning(
 
 
 def _arm_record(label: str, points: list[tuple[float, RunJob]], base_optim: dict[str, Any]) -> dict[str, Any]:
-    from lumi.compare.results import read_summary
     from lumi.compare.stats import as_number
+    from lumi.run import Run
 
     rows = []
     for value, job in points:
-        s = read_summary(job.run_dir) or {}
+        s = Run(job.run_dir).summary() or {}
         status = str(s.get("status") or "missing")
         bpb = as_number(s.get("final_val_bpb")) if status == "completed" else None
         rows.append(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -30,6 +29,7 @@ from lumi.data.shards import ShardWriter, dtype_for_vocab, read_header, read_sha
 from lumi.data.split import Split, split_documents
 from lumi.data.tokenizers import Tokenizer, load_tokenizer, parse_tokenizer_spec, train_tokenizer
 from lumi.errors import LumiError, write_error_text
+from lumi.io import write_text_atomic
 
 __all__ = ["SPLITS", "PreparedData", "default_data_dir", "load_prepared", "prepare"]
 
@@ -53,13 +53,6 @@ class PreparedData:
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
-
-    @property
-    def splits(self) -> tuple[str, ...]:
-        return SPLITS
-
-    def shard_path(self, split: str) -> Path:
-        return self.directory / self._split_info(split)["file"]
 
     def tokens(self, split: str) -> np.ndarray:
         """Memory-mapped token stream of a split: for each document [sep_id, *doc_tokens].
@@ -106,9 +99,6 @@ class PreparedData:
     def document_starts(self, split: str) -> np.ndarray:
         """Positions of the separators, i.e. where each document begins."""
         return np.flatnonzero(np.asarray(self.tokens(split)) == self.tokenizer.sep_id)
-
-    def num_bytes(self, split: str) -> int:
-        return int(self._split_info(split)["bytes"])
 
     def fingerprint(self) -> str:
         """Identifies corpus content + split + tokenizer: equal fingerprints mean identical token streams."""
@@ -278,7 +268,7 @@ def _prepare_locked(
         speed["seconds"] += seconds
 
     manifest = _manifest(corpus, split, tok, splits)
-    _atomic_write_json(out / MANIFEST, manifest)
+    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     data = load_prepared(out)
     data.last_prepare = {
         "reused": False,
@@ -476,15 +466,6 @@ def _locked(directory: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _mb(n: int) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lumi.errors import LumiError, closest
+from lumi.io import write_text_atomic
 
 SEP_TOKEN = "<|sep|>"  # the BPE separator's name in tokenizer.json; it never matches text
 N_SPECIAL = 1  # the separator
@@ -114,7 +114,7 @@ class Tokenizer:
 
     def _write_meta(self, directory: Path) -> None:
         meta = {"format": "lumi-tokenizer", "version": 1, **self.describe()}
-        _atomic_write_text(Path(directory) / META_FILE, json.dumps(meta, indent=2) + "\n")
+        write_text_atomic(Path(directory) / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
 class BytesTokenizer(Tokenizer):
@@ -213,7 +213,7 @@ class BpeTokenizer(Tokenizer):
     def save(self, directory: Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(
+        write_text_atomic(
             directory / HF_FILE, json.dumps(self._definition, ensure_ascii=False, indent=1) + "\n"
         )
         self._write_meta(directory)
@@ -333,12 +333,3 @@ def _read_json(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise LumiError(f"{path}: {what} should be a JSON object")
     return data
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

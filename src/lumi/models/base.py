@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+
 @dataclass
 class ModelConfig:
     """Fields every model config has. Subclasses add their own (flat, litgpt-style)."""

@@ -48,6 +48,7 @@ import math
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -122,7 +123,7 @@ def load_patcher(path: str | Path, vocab_size: int) -> Llama:
             f"patcher config {str(cfg_path)!r} has fields {', '.join(unknown)} that a llama config does "
             "not have: the patcher must be a `llama` byte model"
         )
-    config = make_config("llama", None, values)
+    config = cast(LlamaConfig, make_config("llama", None, values))
     if config.vocab_size != vocab_size:
         raise LumiError(
             f"patcher {str(cfg_path)!r} has vocab_size {config.vocab_size} but this model has "
@@ -198,6 +199,7 @@ def freeze_into_buffers(module: nn.Module) -> None:
 )
 class BltPatch(LocalGlobalModel):
     config_class = BltPatchConfig
+    config: BltPatchConfig
 
     def __init__(self, config: BltPatchConfig) -> None:
         super().__init__(config)
@@ -211,7 +213,9 @@ class BltPatch(LocalGlobalModel):
                 "and pass its run directory as patcher_checkpoint.",
                 stacklevel=2,
             )
-            patcher = Llama(make_config("llama", c.patcher_preset, vocab_size=c.vocab_size))
+            patcher = Llama(
+                cast(LlamaConfig, make_config("llama", c.patcher_preset, vocab_size=c.vocab_size))
+            )
         freeze_into_buffers(patcher)
         self.patcher = patcher.eval()
 

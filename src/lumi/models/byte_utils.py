@@ -15,6 +15,7 @@ built from bytes 0..t only and helps every prediction made at positions >= t.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -66,14 +67,15 @@ class HashNgramEmbedding(nn.Module):
         self.tables = nn.ModuleList([nn.Embedding(buckets, dim) for _ in self.orders])
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        out = None
-        for n, table in zip(self.orders, self.tables):
+        out: torch.Tensor | None = None
+        for n, table in zip(self.orders, self.tables, strict=True):
             e = table(hashed_ngram_ids(tokens, n, self.buckets))
             out = e if out is None else out + e
+        assert out is not None, "HashNgramEmbedding needs ngram_max >= 2"
         return out
 
     def num_params(self) -> int:
-        return sum(t.weight.numel() for t in self.tables)
+        return sum(cast(nn.Embedding, t).weight.numel() for t in self.tables)
 
 
 def ngram_params(ngram_max: int, buckets: int, dim: int) -> int:
@@ -139,7 +141,7 @@ def running_budget(boundaries: torch.Tensor, global_patch_len: int) -> torch.Ten
     depends on positions <= t only, and not on the sequence length, so a prefix is processed exactly
     as the start of a longer sequence. At most ceil(T / P) boundaries are kept in a row of T.
     """
-    b, t = boundaries.shape
+    _b, t = boundaries.shape
     pos = torch.arange(t, device=boundaries.device)
     allowance = (pos + global_patch_len) // global_patch_len  # ceil((t+1)/P)
     s = boundaries.long().cumsum(dim=1)
@@ -202,7 +204,7 @@ class SlidingWindowAttention(Attention):
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
             cos, sin = self.rope.cos_sin(t, 0, x.device)

@@ -206,6 +206,7 @@ def num_patches(seq_len: int, patch_size: int) -> int:
 )
 class BytePatch(LumiModel):
     config_class = BytePatchConfig
+    config: BytePatchConfig
     check_overfit_lr = 1e-2  # 40 Adam steps at the default 3e-3 are too few for two stacks
 
     def __init__(self, config: BytePatchConfig) -> None:

@@ -39,6 +39,8 @@ class RotaryEmbedding(nn.Module):
     offset (for KV-cached decoding).
     """
 
+    inv_freq: torch.Tensor  # buffer
+
     def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
         super().__init__()
         if head_dim % 2:
@@ -58,8 +60,10 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self._cache[key]
         return cos[offset:], sin[offset:]
 
+    # Shadows nn.Module.apply on purpose: callers (test plugins included) use RotaryEmbedding.apply(x,
+    # cos, sin). Side effect: Module.apply(fn) on a model containing this module fails.
     @staticmethod
-    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """x: [B, H, T, D]; cos/sin: [T, D]."""
         half = x.shape[-1] // 2
         x1, x2 = x[..., :half], x[..., half:]
@@ -167,7 +171,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:
+        if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         offset = cache.length if cache is not None else 0
         if self.rope is not None:
@@ -203,6 +207,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.activation == "swiglu":
+            assert self.gate_proj is not None
             h = F.silu(self.gate_proj(x)) * self.up_proj(x)
         elif self.activation == "relu2":
             h = F.relu(self.up_proj(x)).square()

@@ -157,6 +157,7 @@ def attention_flops_per_token(n_layers: int, seq_len: int, qk_dim: int, v_dim: i
 )
 class Llama(LumiModel):
     config_class = LlamaConfig
+    config: LlamaConfig
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__(config)

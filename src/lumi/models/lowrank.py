@@ -170,6 +170,7 @@ def lowrank_param_formula(c: LowRankConfig) -> dict[str, int]:
 )
 class LowRank(Llama):
     config_class = LowRankConfig
+    config: LowRankConfig
 
     def make_block(self, layer_idx: int) -> nn.Module:
         return _factorise_block(Block(self.config), self.config)

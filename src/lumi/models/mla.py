@@ -111,7 +111,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.dropout = c.dropout
         qk_head = c.dim_head + c.rope_dim
         if c.q_latent is None:
-            self.q_proj = nn.Linear(c.d_model, c.n_heads * qk_head, bias=False)
+            self.q_proj: nn.Linear | None = nn.Linear(c.d_model, c.n_heads * qk_head, bias=False)
             self.q_down = self.q_norm = self.q_up = None
         else:
             self.q_proj = None
@@ -130,7 +130,11 @@ class MultiHeadLatentAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: MLALayerCache | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         h, dh, dr = self.n_heads, self.head_dim, self.rope_dim
-        q = self.q_proj(x) if self.q_proj is not None else self.q_up(self.q_norm(self.q_down(x)))
+        if self.q_proj is not None:
+            q = self.q_proj(x)
+        else:
+            assert self.q_down is not None and self.q_norm is not None and self.q_up is not None
+            q = self.q_up(self.q_norm(self.q_down(x)))
         q = q.view(b, t, h, dh + dr).transpose(1, 2)  # [B, H, T, dh + dr]
         q_c, q_r = q[..., :dh], q[..., dh:]
         c_kv = self.kv_norm(self.kv_down(x))  # [B, T, dc]
@@ -156,7 +160,7 @@ class MultiHeadLatentAttention(nn.Module):
         self, q_c: torch.Tensor, q_r: torch.Tensor, c_kv: torch.Tensor, k_r: torch.Tensor, dropout_p: float
     ) -> torch.Tensor:
         """Scores q_c . (W_UK,h c) = (W_UK,h^T q_c) . c: attend over the latent, then apply W_UV,h."""
-        b, h, t, dh = q_c.shape
+        b, h, _t, dh = q_c.shape
         tk, dc = c_kv.shape[1], self.kv_latent
         w_uk = self.k_up.weight.view(h, dh, dc)
         w_uv = self.v_up.weight.view(h, dh, dc)
@@ -233,6 +237,7 @@ def mla_flops_per_token(c: MLAConfig, seq_len: int) -> float:
 )
 class MLA(Llama):
     config_class = MLAConfig
+    config: MLAConfig
 
     def make_block(self, layer_idx: int) -> nn.Module:
         return MLABlock(self.config)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -204,21 +205,25 @@ def moe_param_formula(c: MoEConfig) -> dict[str, int]:
 )
 class MoE(Llama):
     config_class = MoEConfig
+    config: MoEConfig
 
     def make_block(self, layer_idx: int) -> nn.Module:
         return Block(self.config, mlp=MoEMLP(self.config))
 
     def moe_layers(self) -> list[MoEMLP]:
-        return [blk.mlp for blk in self.blocks]
+        return [cast(MoEMLP, blk.mlp) for blk in self.blocks]
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
         c = self.config
         layers = self.moe_layers()
         if layers[0].load_balance is None:  # no forward yet
             return {}
-        out = {"load_balance": c.load_balance_weight * torch.stack([m.load_balance for m in layers]).mean()}
+        # A forward sets load_balance and z_loss on every layer at once.
+        balance = [cast(torch.Tensor, m.load_balance) for m in layers]
+        out = {"load_balance": c.load_balance_weight * torch.stack(balance).mean()}
         if c.z_loss_weight > 0:
-            out["router_z"] = c.z_loss_weight * torch.stack([m.z_loss for m in layers]).mean()
+            z_loss = [cast(torch.Tensor, m.z_loss) for m in layers]
+            out["router_z"] = c.z_loss_weight * torch.stack(z_loss).mean()
         return out
 
     def stats(self) -> dict[str, float]:

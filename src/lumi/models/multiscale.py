@@ -234,6 +234,7 @@ def multiscale_param_formula(c: MultiScaleConfig) -> dict[str, int]:
 )
 class MultiScale(Llama):
     config_class = MultiScaleConfig
+    config: MultiScaleConfig
 
     def make_block(self, layer_idx: int) -> nn.Module:
         c = self.config

@@ -113,6 +113,7 @@ def pause_param_formula(c: PauseConfig) -> dict[str, int]:
 )
 class Pause(LumiModel):
     config_class = PauseConfig
+    config: PauseConfig
 
     def __init__(self, config: PauseConfig) -> None:
         super().__init__(config)

@@ -30,6 +30,7 @@ other ingredients (U-Net skips, value embeddings, test-time training, quantisati
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 from lumi.errors import LumiError
 from lumi.models.layers import KVCache, LayerKVCache, init_linear_weights, scale_residual_projections
 from lumi.models.llama import (
+    Block,
     Llama,
     LlamaConfig,
     attention_flops_per_token,
@@ -103,6 +105,7 @@ class RecurrentConfig(LlamaConfig):
 )
 class Recurrent(Llama):
     config_class = RecurrentConfig
+    config: RecurrentConfig
 
     def __init__(self, config: RecurrentConfig) -> None:
         super().__init__(config)
@@ -144,7 +147,7 @@ class Recurrent(Llama):
         return KVCache(layers=[LayerKVCache() for _ in range(self.config.effective_depth)])
 
     def _extra_pass(
-        self, block: nn.Module, x: torch.Tensor, a: torch.Tensor, m: torch.Tensor, cache: LayerKVCache | None
+        self, block: Block, x: torch.Tensor, a: torch.Tensor, m: torch.Tensor, cache: LayerKVCache | None
     ) -> torch.Tensor:
         x = x + a * block.resid_dropout(block.attn(block.attn_norm(x), cache))
         return x + m * block.mlp(block.mlp_norm(x))
@@ -153,7 +156,7 @@ class Recurrent(Llama):
         c = self.config
         x = self.embed_dropout(self.embed(tokens))
         for v, (i, p) in enumerate(c.virtual_layers()):
-            block = self.blocks[i]
+            block = cast(Block, self.blocks[i])
             layer_cache = cache.layers[v] if cache is not None else None
             use_ckpt = c.gradient_checkpointing and self.training and layer_cache is None
             if p == 0:

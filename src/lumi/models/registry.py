@@ -20,12 +20,14 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lumi.errors import LumiError, closest
+from lumi.io import coerce
 from lumi.models.base import LumiModel, ModelConfig
 
 
@@ -94,6 +96,7 @@ def register(
 
 _CURRENT_PLUGIN: list[str] = []
 _LOADED_FILES: dict[str, str] = {}  # resolved path -> sha256 of every plugin file imported in this process
+_FILE_NAMES: dict[str, list[str]] = {}  # resolved path -> the model names that file registered
 
 
 def _load_builtins() -> None:
@@ -106,12 +109,19 @@ def _load_builtins() -> None:
 
 
 def load_model_file(path: str | Path) -> list[str]:
-    """Import a user's Python file so its ``@register`` calls run. Returns the new names."""
+    """Import a user's Python file so its ``@register`` calls run; returns the names it registers.
+
+    Each file runs once per process (keyed by its resolved path): asking again returns the same names,
+    unless the file's content changed since, when it runs again."""
     p = Path(path)
     if not p.is_file():
         raise LumiError(
             f"model file {str(p)!r} does not exist (expected a .py file that calls lumi.register)"
         )
+    resolved = str(p.resolve())
+    names = _FILE_NAMES.get(resolved)
+    if names and all(n in _REGISTRY for n in names) and _LOADED_FILES.get(resolved) == file_sha256(p):
+        return list(names)
     _load_builtins()
     before = set(_REGISTRY)
     mod_name = f"lumi_plugin_{abs(hash(str(p.resolve())))}"
@@ -129,10 +139,11 @@ def load_model_file(path: str | Path) -> list[str]:
         raise LumiError(f"model file {str(p)!r} raised on import: {type(e).__name__}: {e}") from e
     finally:
         _CURRENT_PLUGIN.pop()
-    _LOADED_FILES[str(p.resolve())] = file_sha256(p)
-    new = sorted(set(_REGISTRY) - before)
-    reregistered = [n for n, s in _REGISTRY.items() if s.source == str(p)]
-    return sorted(set(new) | set(reregistered))
+    _LOADED_FILES[resolved] = file_sha256(p)
+    new = set(_REGISTRY) - before
+    reregistered = {n for n, s in _REGISTRY.items() if s.source == str(p)}
+    _FILE_NAMES[resolved] = sorted(new | reregistered)
+    return list(_FILE_NAMES[resolved])
 
 
 def file_sha256(path: str | Path) -> str:
@@ -237,7 +248,11 @@ def make_config(
                 f"unknown config field {key!r} for model {name!r}{closest(key, list(fields))}; "
                 f"fields: {', '.join(sorted(fields))}"
             )
-    values = {k: _coerce(name, fields[k], v) for k, v in values.items()}
+    types = _field_types(spec.config_class)
+    values = {
+        k: coerce(v, types[k], f"config field {k!r} of model {name!r}") if k in types else v
+        for k, v in values.items()
+    }
     config = spec.config_class(**values)
     config.validate()
     return config
@@ -259,33 +274,10 @@ def model_from_config(name: str, config_values: dict[str, Any]) -> LumiModel:
     return build_model(name, None, config_values)
 
 
-def _coerce(model: str, f: dataclasses.Field, value: Any) -> Any:
-    """Convert command-line strings to the field's type; say which field is wrong."""
-    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-    typ = typ.replace(" ", "")
-    if not isinstance(value, str):
-        # YAML already typed it (--set n_layers=2.5 arrives as a float): an int field must get an integer.
-        if typ in ("int", "int|None", "Optional[int]") and isinstance(value, float):
-            if not value.is_integer():
-                raise LumiError(f"config field {f.name!r} of model {model!r} expects int, got {value!r}")
-            return int(value)
-        return value
+def _field_types(config_class: type) -> dict[str, Any]:
+    """Declared field types of a config dataclass; a plugin's annotation that does not resolve is left as
+    written (its values then pass through unconverted)."""
     try:
-        if typ in ("int",):
-            return int(value)
-        if typ in ("float",):
-            return float(value)
-        if typ in ("bool",):
-            low = value.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if typ in ("int|None", "Optional[int]"):
-            return None if value.lower() in ("none", "null") else int(value)
-        if typ in ("float|None", "Optional[float]"):
-            return None if value.lower() in ("none", "null") else float(value)
-    except ValueError:
-        raise LumiError(f"config field {f.name!r} of model {model!r} expects {typ}, got {value!r}") from None
-    return value
+        return typing.get_type_hints(config_class)
+    except Exception:  # e.g. a NameError from a plugin's forward reference
+        return {}

@@ -182,6 +182,7 @@ class LocalGlobalModel(LumiModel):
     """
 
     config_class = SpaceByteConfig
+    config: SpaceByteConfig
     check_overfit_lr = 1e-2
 
     def __init__(self, config: SpaceByteConfig) -> None:

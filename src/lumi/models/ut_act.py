@@ -103,6 +103,7 @@ def ut_act_param_formula(c: UTActConfig) -> dict[str, int]:
 )
 class UTAct(LumiModel):
     config_class = UTActConfig
+    config: UTActConfig
 
     def __init__(self, config: UTActConfig) -> None:
         super().__init__(config)

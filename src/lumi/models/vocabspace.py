@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -187,7 +188,7 @@ class OneHotInput(nn.Embedding):
         self.scale = math.sqrt(vocab_size)
 
     @property
-    def weight(self) -> torch.Tensor:
+    def weight(self) -> torch.Tensor:  # type: ignore[override]  # computed on request, never stored
         return torch.eye(self.num_embeddings) * self.scale
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -274,6 +275,7 @@ class ChannelMixer(nn.Module):
         """(R [V, C], W [C, V]); the Fourier form rebuilds them from the coefficients each forward."""
         if self.read_kind == "lowrank":
             return self.read, self.write
+        assert basis is not None, "the fourier read needs the basis"
         read = torch.softmax(basis @ self.read_coeffs, dim=0)  # each channel: a distribution over V
         write = (basis @ self.write_coeffs).t()
         return read, write
@@ -387,6 +389,8 @@ def vocabspace_param_formula(c: VocabSpaceConfig) -> dict[str, int]:
 )
 class VocabSpace(LumiModel):
     config_class = VocabSpaceConfig
+    config: VocabSpaceConfig
+    basis: torch.Tensor | None  # buffer for read="fourier", else None
     # Mixer classes per variant (a test plugin swaps the interaction mixer for the reversed-mask bug).
     interaction_class: type[nn.Module] = DecayedInteraction
     # The output scalar starts at 1/sqrt(V) and must grow ~20x before predictions can be confident,
@@ -427,7 +431,7 @@ class VocabSpace(LumiModel):
         out = {"logit_scale": float(self.logit_scale.detach())}
         if self.config.variant == "interaction":
             decays = [
-                float(torch.sigmoid(s.cross.decay_logit.detach()))
+                float(torch.sigmoid(cast(torch.Tensor, s.cross.decay_logit).detach()))
                 for s in self.steps
                 if hasattr(s.cross, "decay_logit")
             ]

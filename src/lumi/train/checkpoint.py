@@ -7,7 +7,7 @@ and ``load`` falls back to ``previous`` if ``latest`` is missing. A full disk or
 directory raises a one-line LumiError ("the disk is full" for ENOSPC, also when safetensors or torch.save
 wrap it in their own exceptions), removes the temporary directory and leaves the last good checkpoint
 untouched. A temporary directory left by a SIGKILL is removed when the run is next opened
-(``rundir.clean_stale_temps``).
+(``lumi.run.clean_stale_temps``).
 
 Loading never unpickles arbitrary objects: weights come from safetensors, the optimizer state via
 ``torch.load(weights_only=True)``, everything else from JSON.

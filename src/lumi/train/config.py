@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lumi.errors import LumiError, closest
+from lumi.io import coerce, parse_assignment
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("wsd", "cosine", "constant")
@@ -100,6 +101,10 @@ class TrainSection:
     @property
     def resolved_data_seed(self) -> int:
         return self.seed if self.data_seed is None else self.data_seed
+
+    def parsed_budget(self) -> Budget:
+        """``budget`` as a typed value (validate() has already checked it parses)."""
+        return parse_budget(self.budget)
 
 
 SECTIONS: dict[str, type] = {
@@ -248,16 +253,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def apply_override(cfg: TrainConfig, item: str) -> None:
     """Apply one ``section.key=value`` (or ``model.overrides.field=value``) in place."""
-    import yaml
-
-    if "=" not in item:
-        raise LumiError(f"override {item!r} must look like section.key=value (e.g. optim.lr=1e-3)")
-    dotted, raw = item.split("=", 1)
-    dotted = dotted.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    dotted, value = parse_assignment(item, "section.key=value (e.g. optim.lr=1e-3)", "override")
     parts = dotted.split(".")
     if parts == ["name"]:
         cfg.name = None if value is None else str(value)
@@ -314,16 +310,31 @@ _BUDGET_RE = re.compile(
 
 @dataclass(frozen=True)
 class Budget:
+    """A parsed training budget; ``parse_budget`` is the only way to make one."""
+
     kind: str  # steps | tokens | seconds | flops
     value: float
     text: str = ""
 
-    def describe(self) -> str:
-        if self.kind == "seconds":
-            return f"{self.value:g} s of training"
-        from lumi.progress import format_count
+    def __str__(self) -> str:
+        return self.text
 
-        return f"{format_count(self.value)} {self.kind}"
+    @property
+    def is_time(self) -> bool:
+        return self.kind == "seconds"
+
+    def steps(self, tokens_per_step: int, flops_per_token: float) -> int | None:
+        """Optimizer steps this budget buys: the nearest whole step (at least 1); None for a time budget.
+
+        The one conversion: ``lumi train`` uses it for its own budget and ``lumi compare`` for every arm's
+        matched budget, so both agree on what N tokens or FLOPs mean in steps."""
+        if self.kind == "steps":
+            return int(self.value)
+        if self.kind == "tokens":
+            return max(1, math.floor(self.value / tokens_per_step + 0.5))
+        if self.kind == "flops":
+            return max(1, math.floor(self.value / (tokens_per_step * flops_per_token) + 0.5))
+        return None
 
 
 def parse_budget(text: str | int | float) -> Budget:
@@ -369,64 +380,11 @@ def _set_field(obj: Any, section: str, key: str, value: Any, source: str) -> Non
             f"{source}: unknown key {section}.{key}{closest(key, list(fields))}; "
             f"{section} keys: {', '.join(fields)}"
         )
-    setattr(obj, key, _coerce(f"{section}.{key}", _field_type(type(obj), key), value, source))
+    setattr(obj, key, coerce(value, _field_type(type(obj), key), f"{source}: {section}.{key}"))
 
 
 def _field_type(cls: type, key: str) -> Any:
     return typing.get_type_hints(cls)[key]
-
-
-def _coerce(name: str, typ: Any, value: Any, source: str) -> Any:
-    """Convert YAML / command-line values to the field's declared type, naming the field on error."""
-    args = typing.get_args(typ)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), typ) if args else typ
-    if typing.get_origin(base) is not None:
-        base = typing.get_origin(base)
-    nullish = ("null", "~", "none") if optional else ("null", "~")
-    if value is None or (isinstance(value, str) and value.strip().lower() in nullish):
-        if optional:
-            return None
-        raise LumiError(f"{source}: {name} cannot be null")
-    try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            low = str(value).strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if base is int:
-            if isinstance(value, bool):
-                raise ValueError
-            f = float(value)
-            if f != int(f):
-                raise ValueError
-            return int(f)
-        if base is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if base is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            return str(value)
-        if base is dict:
-            if not isinstance(value, dict):
-                raise ValueError
-            return dict(value)
-        if base is list:
-            if isinstance(value, (list, tuple)):
-                return list(value)
-            if isinstance(value, str):
-                return [v.strip() for v in value.split(",") if v.strip()]
-            raise ValueError
-    except (TypeError, ValueError):
-        tname = getattr(base, "__name__", str(base)) + (" or null" if optional else "")
-        raise LumiError(f"{source}: {name} expects {tname}, got {value!r}") from None
-    return value
 
 
 def _finite_numbers(cfg: TrainConfig, source: str) -> None:

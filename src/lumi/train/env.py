@@ -19,6 +19,9 @@ from typing import Any
 
 import torch
 
+from lumi.errors import LumiError
+from lumi.io import write_json
+
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -125,10 +128,8 @@ def peak_flops(device: torch.device, dtype: torch.dtype, override: float | None 
     cache[key] = {"flops": value, "clean": not busy, "measured_at": time.time()}
     try:  # best effort: an unwritable cache only costs a re-measurement next time
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=1))
-        os.replace(tmp, path)
-    except OSError:
+        write_json(path, cache)
+    except (OSError, LumiError):
         pass
     return value, "matmul probe" + (" (machine busy: will re-measure next run)" if busy else "")
 

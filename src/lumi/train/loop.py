@@ -25,14 +25,13 @@ import contextlib
 import copy
 import datetime
 import math
-import os
 import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from lumi.errors import LumiError
+from lumi.io import json_safe
+from lumi.lock import DirectoryLock
+from lumi.run import MetricsLog, Run, config_differences
 from lumi.train import checkpoint as ckpt
 from lumi.train.batches import step_batch
-from lumi.train.config import Budget, TrainConfig, parse_budget
+from lumi.train.config import Budget, TrainConfig
 from lumi.train.distributed import (
     DistInfo,
     all_gather_object,
@@ -52,19 +54,7 @@ from lumi.train.distributed import (
     setup_distributed,
 )
 from lumi.train.optim import build_optimizer
-from lumi.train.rundir import (
-    MetricsLog,
-    clean_stale_temps,
-    completed_summary,
-    config_differences,
-    create_run_dir,
-    ensure_new_run_dir,
-    json_safe,
-    read_run_config,
-    read_summary,
-    truncate_metrics,
-    write_json,
-)
+from lumi.train.runtime import load_data, resolve_autocast, resolve_device, set_threads
 from lumi.train.schedule import lr_multiplier
 
 EMA_BETA = 0.9
@@ -83,7 +73,6 @@ class RunState:
     ema: float = 0.0
     ema_n: int = 0
     last_eval_elapsed_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def loss_ema(self) -> float | None:
@@ -139,54 +128,43 @@ def train(
     resume: bool = False,
     progress: bool = True,
     model_files: Sequence[str | Path] = (),
+    info: DistInfo | None = None,
+    announce: Callable[[dict[str, Any] | None], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` and return the summary (also written to summary.json).
 
     ``model_files``: plugin files to import for a resumed run (a fresh run imports ``config.model.files``,
     which the caller chose); a resumed run never imports the files its run directory names.
-    A resumed run that already completed returns its summary and does nothing.
+    ``info``: the distributed context the caller set up (default: set up here). ``announce`` is called on
+    rank 0 once the directory has been checked, with the summary of a run that is already complete (then
+    nothing is trained and that summary is returned) or None.
     """
-    run_dir = Path(run_dir)
-    info = setup_distributed(config.train.device)
+    run = Run(run_dir)
+    info = info if info is not None else setup_distributed(config.train.device)
     lock = None
     trainer: _Trainer | None = None
     with StopSignal() as stop:  # from the start: a signal during setup must not leave the status `running`
         try:
-            check_run_dir(config, run_dir, resume, model_files)
+            check_run_dir(config, run.path, resume, model_files)
             if resume and info.is_main:
-                lock = acquire_run_lock(run_dir)
-            done = broadcast_object(info, completed_summary(run_dir) if resume and info.is_main else None)
+                lock = run.lock()
+            done = broadcast_object(info, run.completed_summary() if resume and info.is_main else None)
+            if announce is not None and info.is_main:
+                announce(done)
             if done is not None:
                 return done  # nothing to do: a second final eval would only append a duplicate row
             barrier(info)  # every rank has checked the directory before rank 0 creates it
-            trainer = _Trainer(config, run_dir, resume, progress, info)
-            trainer.lock = lock
+            trainer = _Trainer(config, run, resume, progress, info, lock)
             return trainer.run(stop)
         except Stopped as e:
             if trainer is None and lock is not None:  # resumed, stopped in setup: the old status is stale now
-                _mark_interrupted(run_dir, f"{e}; continue with --resume {run_dir}")
+                with contextlib.suppress(LumiError):
+                    run.mark("interrupted", f"{e}; continue with --resume {run.path}", only_if=("running",))
             raise
         finally:
             held = trainer.lock if trainer is not None else lock
             if held is not None:
                 held.release()
-
-
-def acquire_run_lock(run_dir: Path):
-    """The run directory's writer lock (see lumi.lock), then leftovers of killed writers are removed."""
-    from lumi.lock import acquire_directory_lock
-
-    lock = acquire_directory_lock(run_dir, "run directory")
-    clean_stale_temps(run_dir, holding_lock=True)
-    return lock
-
-
-def _mark_interrupted(run_dir: Path, error: str) -> None:
-    summary = read_summary(run_dir)
-    if summary is not None and summary.get("status") == "running":
-        summary.update(status="interrupted", error=error)
-        with contextlib.suppress(LumiError):
-            write_json(run_dir / "summary.json", summary)
 
 
 def check_run_dir(
@@ -204,14 +182,19 @@ def check_run_dir(
         for f in config.model.files:  # a fresh run's config comes from the caller (--config / --model-file)
             load_model_file(f)
     else:
-        saved = read_run_config(run_dir)
-        found = ckpt.find_checkpoint(run_dir / "checkpoints")
-        state = ckpt.load_state(found) if found is not None else {}
+        run = Run(run_dir)
+        if not run.config_path.is_file():
+            raise LumiError(
+                f"cannot resume {str(run_dir)!r}: it has no config.yaml (not a lumi train run directory)"
+            )
+        saved = run.config
+        found = run.latest_checkpoint()
+        state = run.checkpoint_state(found)
         require_model_files(list(saved.model.files), state.get("model_files"), run_dir, saved.model.name)
     overrides = {k: v for k, v in config.model.overrides.items() if k != "vocab_size"}
     make_config(config.model.name, config.model.preset, overrides)  # unknown model / preset / field
     if not resume:
-        ensure_new_run_dir(run_dir)
+        Run(run_dir).ensure_new()
         return
     diffs = config_differences(saved.to_dict(), config.to_dict())
     if diffs:
@@ -239,19 +222,28 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Trainer:
+    """One training session of one run: built from the config, then ``run()`` once."""
+
     def __init__(
-        self, config: TrainConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo
+        self,
+        config: TrainConfig,
+        run: Run,
+        resume: bool,
+        progress: bool,
+        info: DistInfo,
+        lock: DirectoryLock | None = None,
     ) -> None:
-        self.config, self.run_dir, self.resume, self.info = config, run_dir, resume, info
+        self.config, self.rundir, self.resume, self.info = config, run, resume, info
+        self.run_dir = run.path
         self.show_progress = progress and info.is_main
         self.session_start = time.perf_counter()
         t = config.train
-        _set_threads(t.threads, info)
+        set_threads(t.threads, info)
         self.device = resolve_device(t.device, info)
         self.autocast_dtype = resolve_autocast(t.precision, self.device)
         from lumi.models.registry import build_model, model_file_hashes
 
-        self.lock = None  # the run directory's writer lock (rank 0), released by train()
+        self.lock = lock  # the run directory's writer lock (rank 0), released by train()
         # Plugins were imported by check_run_dir (never from the run directory); their content hashes go into
         # every checkpoint so a resume can check it gets the same code. A resume keeps the recorded ones.
         self.model_file_hashes = model_file_hashes(list(config.model.files))
@@ -288,16 +280,30 @@ class _Trainer:
                 f"{info.world_size} x {t.grad_accum}"
             )
         self.micro = t.batch_size // (info.world_size * t.grad_accum)
-        self.budget: Budget = parse_budget(t.budget)
+        self.budget: Budget = t.parsed_budget()
         self.flops_per_token = float(self.model.flops_per_token(t.seq_len))
         self.tokens_per_step = t.batch_size * t.seq_len
-        self.total_steps = total_steps(self.budget, self.tokens_per_step, self.flops_per_token)
+        self.total_steps = self.budget.steps(self.tokens_per_step, self.flops_per_token)
         self.optimizer = build_optimizer(self.model, config.optim, vocab, self.device)
         self.state = RunState()
         self.resumed_from: int | None = None
+        # Session state, set as training goes (run(), _setup_speed(), evals, the audit).
+        self.status: str = "running"
+        self.error: str | None = None
+        self.diverged_at: int | None = None
+        self.final_eval: dict[str, Any] | None = None
+        self.last_eval: dict[str, Any] | None = None
+        self.last_row: dict[str, Any] = {}
+        self.metrics = MetricsLog(run.metrics_path, enabled=False)  # opened by run()
+        self.progress: Any = None  # a lumi.progress.ProgressLine when showing progress
+        self.train_model: torch.nn.Module = self.model
+        self.peak: float = 0.0
+        self.peak_source: str = ""
+        self.unigram: float | None = None
         self.audit: dict[str, Any] | None = None
+        self.preflight: dict[str, Any] | None = None
         if t.causality_preflight and not resume:
-            self.state.extra["causality_preflight"] = self._probe_before_training()
+            self.preflight = self._probe_before_training()
 
     # -- causality ---------------------------------------------------------------------------------
     def _probe_before_training(self) -> dict[str, Any]:
@@ -356,7 +362,7 @@ class _Trainer:
 
     def leak_reason(self) -> str | None:
         """Why this run is marked LEAK (a failed pre-training probe trained anyway, or a failed audit)."""
-        pre = self.state.extra.get("causality_preflight")
+        pre = self.preflight
         if pre and not pre.get("passed", True):
             return f"pre-training probe: {pre.get('detail')}"
         if self.audit and not self.audit.get("passed", True):
@@ -366,38 +372,32 @@ class _Trainer:
     # -- setup ---------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> None:
         """Fresh run: create the directory and write config/env. Resume: restore the checkpoint."""
-        ckpt_root = self.run_dir / "checkpoints"
+        run = self.rundir
         if self.resume:
             if self.info.is_main and self.lock is None:
-                self.lock = acquire_run_lock(self.run_dir)
-            found = ckpt.find_checkpoint(ckpt_root)
+                self.lock = run.lock()
+            found = run.latest_checkpoint()
             if found is not None:
                 self._restore(found)
             if self.info.is_main:
-                truncate_metrics(self.run_dir / "metrics.jsonl", self.state.step)
-                env_path = self.run_dir / "env.json"
-                env = _read_json(env_path)
+                run.truncate_metrics(self.state.step)
+                env = run.env()
                 env.setdefault("resumes", []).append(
                     {"time": _now(), "from_step": self.state.step, "hostname": socket.gethostname()}
                 )
-                write_json(env_path, env)
+                run.write_env(env)
         elif self.info.is_main:
             from lumi.train.env import env_info
-            from lumi.train.rundir import write_text_atomic
 
-            create_run_dir(self.run_dir)
-            self.lock = acquire_run_lock(self.run_dir)
-            ensure_new_run_dir(
-                self.run_dir
-            )  # again, under the lock: another process may have started it meanwhile
-            write_text_atomic(self.run_dir / "config.yaml", self.config.to_yaml())
-            write_json(
-                self.run_dir / "env.json", env_info(self.device, self.info.world_size, self.precision_name)
-            )
+            run.create()
+            self.lock = run.lock()
+            run.ensure_new()  # again, under the lock: another process may have started it meanwhile
+            run.write_config(self.config)
+            run.write_env(env_info(self.device, self.info.world_size, self.precision_name))
         barrier(self.info)
 
     def _restore(self, ckpt_dir: Path) -> None:
-        saved_cfg = _read_json(ckpt_dir / "model_config.json")
+        saved_cfg = self.rundir.model_values(ckpt_dir)
         if int(saved_cfg.get("vocab_size", self.vocab_size)) != self.vocab_size:
             raise LumiError(
                 f"checkpoint {ckpt_dir} has vocab_size {saved_cfg.get('vocab_size')} but the prepared data "
@@ -428,15 +428,11 @@ class _Trainer:
     def run(self, stop: StopSignal | None = None) -> dict[str, Any]:
         stop = stop if stop is not None else StopSignal()
         self._prepare_run_dir()
-        info, t = self.info, self.config.train
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", enabled=info.is_main)
-        self.status, self.error, self.diverged_at = "running", None, None
-        self.final_eval: dict[str, Any] | None = None
-        self.last_eval: dict[str, Any] | None = None
-        self.progress = None
+        info, run = self.info, self.rundir
+        self.metrics = run.metrics_log(enabled=info.is_main)
         if info.is_main:
             self.unigram = _unigram(self.data)
-            write_json(self.run_dir / "summary.json", self.summary())
+            run.write_summary(self.summary())
         try:
             self._setup_speed()
             stop.graceful = True
@@ -465,7 +461,7 @@ class _Trainer:
                     self.error = f"{type(e).__name__}: {e}"
             if info.is_main:
                 with contextlib.suppress(LumiError):  # e.g. the disk is full: the original error matters more
-                    write_json(self.run_dir / "summary.json", self.summary())
+                    run.write_summary(self.summary())
             raise
         finally:
             self.metrics.close()
@@ -473,14 +469,13 @@ class _Trainer:
                 self.progress.close()
         summary = self.summary()
         if info.is_main:
-            write_json(self.run_dir / "summary.json", summary)
+            run.write_summary(summary)
         return summary
 
     def _setup_speed(self) -> None:
         from lumi.train.env import peak_flops
 
         t = self.config.train
-        self.train_model: torch.nn.Module = self.model
         if t.compile:
             self.train_model = torch.compile(self.model)
         if self.info.enabled:
@@ -609,7 +604,7 @@ class _Trainer:
 
     def _diverged(self, step: int, loss: float, grad_norm: float) -> None:
         self.status, self.diverged_at = "diverged", step
-        found = ckpt.find_checkpoint(self.run_dir / "checkpoints")
+        found = self.rundir.latest_checkpoint()
         kept = (
             f"last good checkpoint: step {ckpt.load_state(found)['counters']['step']} ({found})"
             if found
@@ -754,7 +749,7 @@ class _Trainer:
             parts.append(f"loss {s.loss_ema:.3f}")
         if self.last_eval is not None:
             parts.append(f"val {self.last_eval['bpb']:.3f} bpb")
-        rate = getattr(self, "last_row", {}).get("tok_per_s")
+        rate = self.last_row.get("tok_per_s")
         if rate:
             parts.append(f"{rate:,.0f} tok/s")
         self.progress.update(done, "  ".join(parts))
@@ -790,15 +785,15 @@ class _Trainer:
             "tok_per_s": s.tokens / s.elapsed_s if s.elapsed_s > 0 else None,
             "mfu": (
                 s.tokens / s.elapsed_s * self.flops_per_token / (self.peak * self.info.world_size)
-                if s.elapsed_s > 0 and getattr(self, "peak", 0)
+                if s.elapsed_s > 0 and self.peak
                 else None
             ),
-            "peak_flops": getattr(self, "peak", None),
+            "peak_flops": self.peak or None,
             "final_train_loss_ema": s.loss_ema,
             "final_val_bpb": fe["bpb"] if fe else None,
             "final_val_loss": fe["loss"] if fe else None,
             "final_val_protocol": fe["protocol"] if fe else None,
-            "unigram_val_bpb": getattr(self, "unigram", None),
+            "unigram_val_bpb": self.unigram,
             "data": str(self.data.directory),
             "tokenizer": self.data.tokenizer.spec,
             "device": str(self.device),
@@ -808,73 +803,13 @@ class _Trainer:
             "error": self.error,
             "diverged_at_step": self.diverged_at,
             "resumed_from_step": self.resumed_from,
-            "causality_preflight": self.state.extra.get("causality_preflight"),
+            "causality_preflight": self.preflight,
             "causality_audit": self.audit,
             "leak": self.leak_reason(),
         }
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def total_steps(budget: Budget, tokens_per_step: int, flops_per_token: float) -> int | None:
-    """Optimizer steps a budget allows (rounded up); None for wall-clock budgets."""
-    if budget.kind == "steps":
-        return int(budget.value)
-    if budget.kind == "tokens":
-        return max(1, math.ceil(budget.value / tokens_per_step))
-    if budget.kind == "flops":
-        return max(1, math.ceil(budget.value / (tokens_per_step * flops_per_token)))
-    return None
-
-
-def resolve_device(pref: str, info: DistInfo) -> torch.device:
-    if pref == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", info.local_rank)
-        return torch.device("cpu")
-    if pref.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise LumiError(
-                f"train.device={pref!r} but CUDA is not available here; use train.device=cpu or auto"
-            )
-        return torch.device("cuda", info.local_rank) if pref == "cuda" else torch.device(pref)
-    if pref == "mps" and not torch.backends.mps.is_available():
-        raise LumiError("train.device='mps' but MPS is not available here; use train.device=cpu or auto")
-    return torch.device(pref)
-
-
-def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None:
-    """None = plain float32; bf16 autocast on CUDA by default (bf16 matmuls are ~100x slower on CPU)."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    return torch.bfloat16
-
-
-def _set_threads(threads: int | None, info: DistInfo) -> None:
-    if threads:
-        torch.set_num_threads(threads)
-    elif info.local_world_size > 1:  # share the cores between the processes on this node
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.local_world_size))
-
-
-def load_data(config: TrainConfig, progress: bool, info: DistInfo):
-    """The run's PreparedData: an explicit data.dir, or corpus + tokenizer prepared (or reused) in $LUMI_HOME."""
-    from lumi.data.prepare import load_prepared, prepare
-
-    d = config.data
-    if d.dir:
-        data = load_prepared(Path(d.dir))
-    elif info.enabled and not info.is_main:
-        barrier(info)  # rank 0 prepares; the others then reuse its output
-        data = prepare(d.corpus, d.tokenizer, progress=False)
-    else:
-        data = prepare(d.corpus, d.tokenizer, progress=progress)
-        barrier(info)
-    # Corruption that stays inside the vocabulary (the id check on open cannot see it) would train
-    # silently: hash every shard once per session (~0.3 s per 100 MB of tokens).
-    data.verify_hashes()
-    return data
 
 
 def _unigram(data: Any) -> float | None:
@@ -884,15 +819,6 @@ def _unigram(data: Any) -> float | None:
         return unigram_bpb(data)["bpb"]
     except ValueError:
         return None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _now() -> str:
