@@ -251,3 +251,15 @@ def test_string_overrides_are_coerced_to_field_types():
     c = make_config("llama", "nano", {"n_kv_heads": "1", "qk_norm": "true", "logit_softcap": "none",
                                       "dropout": "0.1"})
     assert (c.n_kv_heads, c.qk_norm, c.logit_softcap, c.dropout) == (1, True, None, 0.1)
+
+
+def test_module_apply_works_on_every_zoo_model():
+    """nn.Module.apply(fn) reaches every submodule (a method named `apply` on a layer once shadowed it)."""
+    from lumi.models import list_models
+
+    for spec in list_models():
+        if not spec.cpu_presets:
+            continue
+        seen: list[str] = []
+        build_model(spec.name, spec.cpu_presets[0]).apply(lambda m: seen.append(type(m).__name__))
+        assert len(seen) > 3, spec.name

@@ -42,7 +42,7 @@ class WindowAttention(Attention):
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = self.rope.cos_sin(t, 0, x.device)
-        q, k = RotaryEmbedding.apply(q, cos, sin), RotaryEmbedding.apply(k, cos, sin)
+        q, k = RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=window_mask(t, self.window, x.device))
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 

@@ -42,9 +42,9 @@ class MemoryRead(nn.Module):
         slots = F.avg_pool1d(h.transpose(1, 2), P, ceil_mode=True).transpose(1, 2)  # [B, S, d]
         pos, slot_pos = torch.arange(t, device=x.device), torch.arange(slots.shape[1], device=x.device) * P
         cos, sin = self.rope.cos_sin(t, 0, x.device)
-        q = RotaryEmbedding.apply(self.q(h).view(b, t, self.h, self.hd).transpose(1, 2), cos, sin)
+        q = RotaryEmbedding.rotate(self.q(h).view(b, t, self.h, self.hd).transpose(1, 2), cos, sin)
         k = self.k(slots).view(b, -1, self.h, self.hd).transpose(1, 2)
-        k = RotaryEmbedding.apply(k, cos[slot_pos], sin[slot_pos])
+        k = RotaryEmbedding.rotate(k, cos[slot_pos], sin[slot_pos])
         v = self.v(slots).view(b, -1, self.h, self.hd).transpose(1, 2)
         null = k.new_zeros(b, self.h, 1, self.hd)  # chunk 0 has no memory: it attends to a zero slot
         visible = (slot_pos[None, :] // C <= pos[:, None] // C) & (pos[:, None] >= C)  # the bug: <= must be <

@@ -18,7 +18,7 @@ class ShiftedMaskAttention(Attention):
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = self.rope.cos_sin(t, 0, x.device)
-        q, k = RotaryEmbedding.apply(q, cos, sin), RotaryEmbedding.apply(k, cos, sin)
+        q, k = RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin)
         pos = torch.arange(t, device=x.device)
         mask = pos[None, :] <= pos[:, None] + 1  # the bug: off by one, key t+1 is visible
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

@@ -208,7 +208,7 @@ class SlidingWindowAttention(Attention):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope is not None:
             cos, sin = self.rope.cos_sin(t, 0, x.device)
-            q, k = RotaryEmbedding.apply(q, cos, sin), RotaryEmbedding.apply(k, cos, sin)
+            q, k = RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin)
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)

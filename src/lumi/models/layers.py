@@ -60,10 +60,8 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self._cache[key]
         return cos[offset:], sin[offset:]
 
-    # Shadows nn.Module.apply on purpose: callers (test plugins included) use RotaryEmbedding.apply(x,
-    # cos, sin). Side effect: Module.apply(fn) on a model containing this module fails.
     @staticmethod
-    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x: [B, H, T, D]; cos/sin: [T, D]."""
         half = x.shape[-1] // 2
         x1, x2 = x[..., :half], x[..., half:]
@@ -176,7 +174,7 @@ class Attention(nn.Module):
         offset = cache.length if cache is not None else 0
         if self.rope is not None:
             cos, sin = self.rope.cos_sin(t, offset, x.device)
-            q, k = RotaryEmbedding.apply(q, cos, sin), RotaryEmbedding.apply(k, cos, sin)
+            q, k = RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin)
         if cache is not None:
             k, v = cache.append(k, v)
         if self.n_kv_heads != self.n_heads:

@@ -141,8 +141,8 @@ class MultiHeadLatentAttention(nn.Module):
         k_r = self.k_rope_proj(x)  # [B, T, dr]
         offset = cache.length if cache is not None else 0
         cos, sin = self.rope.cos_sin(t, offset, x.device)
-        q_r = RotaryEmbedding.apply(q_r, cos, sin)
-        k_r = RotaryEmbedding.apply(k_r[:, None], cos, sin)[:, 0]
+        q_r = RotaryEmbedding.rotate(q_r, cos, sin)
+        k_r = RotaryEmbedding.rotate(k_r[:, None], cos, sin)[:, 0]
         if cache is not None:
             c_kv, k_r = cache.append(c_kv, k_r)
         tk = c_kv.shape[1]
