@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from typing import Any, cast
 
 import torch
 
@@ -84,20 +85,11 @@ def _validate(
 
 
 def generate(
-    model: torch.nn.Module,
-    prompt_ids: Iterable[int],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    use_cache: bool = True,
-    stop_ids: Iterable[int] | None = None,
+    model: torch.nn.Module, prompt_ids: Iterable[int], max_new_tokens: int, **sampling: Any
 ) -> list[int]:
-    """Continue ``prompt_ids``; returns only the new token ids (stops early after a ``stop_ids`` token)."""
-    return list(
-        stream(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, use_cache, stop_ids)
-    )
+    """Continue ``prompt_ids``; returns only the new token ids (stops early after a ``stop_ids`` token).
+    ``sampling``: the keyword arguments of ``stream`` (temperature, top_k, top_p, seed, use_cache, stop_ids)."""
+    return list(stream(model, prompt_ids, max_new_tokens, **sampling))
 
 
 def stream(
@@ -154,7 +146,7 @@ def _decode(
     try:
         ids = torch.tensor([prompt], dtype=torch.long, device=device)
         if cached:
-            cache = model.new_cache()
+            cache = cast(LumiModel, model).new_cache()  # `cached` implies a LumiModel
             logits = model(ids, cache=cache)[0, -1]
         else:
             logits = model(ids if max_len is None else ids[:, -max_len:])[0, -1]

@@ -45,30 +45,14 @@ class Run:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.config_path = self.path / "config.yaml"
+        self.summary_path = self.path / "summary.json"
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.env_path = self.path / "env.json"
+        self.checkpoints_dir = self.path / "checkpoints"
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
-
-    # -- layout -----------------------------------------------------------------------------------
-    @property
-    def config_path(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def summary_path(self) -> Path:
-        return self.path / "summary.json"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def env_path(self) -> Path:
-        return self.path / "env.json"
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / "checkpoints"
 
     # -- opening ----------------------------------------------------------------------------------
     @classmethod

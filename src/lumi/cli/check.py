@@ -7,6 +7,7 @@ import argparse
 from lumi.cli.common import (
     add_json_flag,
     add_model_args,
+    add_verb,
     load_plugins,
     parse_overrides,
     print_json,
@@ -57,9 +58,7 @@ Examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "check", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = add_verb(subparsers, "check", HELP, DESCRIPTION)
     add_model_args(p)
     p.add_argument(
         "--seq-len",

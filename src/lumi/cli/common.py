@@ -11,6 +11,19 @@ from lumi.errors import LumiError
 from lumi.io import parse_assignment
 
 
+def add_verb(
+    subparsers: argparse._SubParsersAction, name: str, help: str, description: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
+    """The verb's parser; descriptions and epilogs keep their line breaks (they hold examples)."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json", action="store_true", help="print a machine-readable JSON object instead of tables"
@@ -32,26 +45,48 @@ def _default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def add_list_arg(
+    p: argparse._ActionsContainer, flag: str, metavar: str, help: str, dest: str | None = None
+) -> None:
+    """A repeatable option collecting its values in a list (default [])."""
+    p.add_argument(flag, dest=dest, action="append", default=[], metavar=metavar, help=help)
+
+
+def add_model_file_arg(p: argparse._ActionsContainer, help: str | None = None) -> None:
+    add_list_arg(
+        p,
+        "--model-file",
+        "FILE.py",
+        help or "a Python file that registers your own architecture with @lumi.register (repeatable)",
+    )
+
+
+RUN_MODEL_FILE_HELP = (
+    "the Python file registering the run's architecture (repeatable); a run directory's own list of "
+    "plugin files is never imported"
+)
+
+
+def add_data_args(p: argparse.ArgumentParser, defaults: str = "") -> None:
+    """--corpus / --tokenizer / --data: what a run trains on (``defaults`` is appended to the help)."""
+    p.add_argument("--corpus", help=f"corpus spec: shakespeare, pystdlib, files:PATH, hf:NAME ...{defaults}")
+    p.add_argument("--tokenizer", help=f"tokenizer spec: bytes, bpe:N{defaults}")
+    p.add_argument("--data", metavar="DIR", help="an already prepared data directory (lumi data prepare)")
+
+
 def add_model_args(p: argparse.ArgumentParser, positional: bool = True) -> None:
     """MODEL [--preset P] [--set key=value ...] [--model-file F] — shared by every model verb."""
     if positional:
         p.add_argument("model", help="registered model name (see `lumi models`), or NAME:PRESET")
     p.add_argument("--preset", help="named preset of the model (see `lumi models`)")
-    p.add_argument(
+    add_list_arg(
+        p,
         "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override one model config field, e.g. --set n_layers=4 (repeatable)",
+        "FIELD=VALUE",
+        "override one model config field, e.g. --set n_layers=4 (repeatable)",
+        "overrides",
     )
-    p.add_argument(
-        "--model-file",
-        action="append",
-        default=[],
-        metavar="FILE.py",
-        help="a Python file that registers your own architecture with @lumi.register (repeatable)",
-    )
+    add_model_file_arg(p)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -7,7 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lumi.cli.common import add_json_flag, apply_section_settings, print_json
+from lumi.cli.common import (
+    add_data_args,
+    add_json_flag,
+    add_list_arg,
+    add_model_file_arg,
+    add_verb,
+    apply_section_settings,
+    print_json,
+)
 from lumi.errors import LumiError
 
 HELP = "matched multi-seed comparison of architectures, with paired statistics and a report (the main job)"
@@ -76,13 +84,7 @@ cmp.yaml:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "compare",
-        help=HELP,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_verb(subparsers, "compare", HELP, DESCRIPTION, EPILOG)
     p.add_argument(
         "arms", nargs="*", metavar="ARM", help="MODEL[:PRESET][+FIELD=VALUE...] (first = baseline)"
     )
@@ -130,25 +132,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--name", help="comparison name: the directory compare/<name> (default from the arms)")
     p.add_argument("--out", metavar="DIR", help="comparison directory (default compare/<name>)")
-    p.add_argument(
-        "--corpus", help="corpus spec: shakespeare, pystdlib, files:PATH ... (default shakespeare)"
-    )
-    p.add_argument("--tokenizer", help="tokenizer spec: bytes, bpe:N (default bpe:4096)")
-    p.add_argument("--data", metavar="DIR", help="an already prepared data directory (lumi data prepare)")
-    p.add_argument(
+    add_data_args(p, " (default shakespeare, bpe:4096)")
+    add_list_arg(
+        p,
         "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="shared setting for every arm: train.seq_len=64, optim.lr=1e-3 ... (repeatable)",
+        "SECTION.KEY=VALUE",
+        "shared setting for every arm: train.seq_len=64, optim.lr=1e-3 ... (repeatable)",
+        "settings",
     )
-    p.add_argument(
-        "--model-file",
-        action="append",
-        default=[],
-        metavar="FILE.py",
-        help="a Python file registering your architecture; attached to the arms using its models",
+    add_model_file_arg(
+        p, "a Python file registering your architecture; attached to the arms using its models"
     )
     p.add_argument(
         "--allow-leaky",

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lumi.cli.common import add_json_flag, print_json
+from lumi.cli.common import RUN_MODEL_FILE_HELP, add_json_flag, add_model_file_arg, add_verb, print_json
 from lumi.errors import LumiError
 
 HELP = "validation BPB of a trained run (full validation split)"
@@ -26,12 +26,8 @@ Lumi never imports code because a run directory names it.
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "eval",
-        help=HELP,
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  lumi eval runs/llama-micro-20250101-120000\n",
+    p = add_verb(
+        subparsers, "eval", HELP, DESCRIPTION, "example:\n  lumi eval runs/llama-micro-20250101-120000\n"
     )
     p.add_argument("run", help="a run directory written by `lumi train`")
     p.add_argument("--seq-len", type=int, help="evaluation window length (default: the run's train.seq_len)")
@@ -39,14 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="split to score (default val)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument(
-        "--model-file",
-        action="append",
-        default=[],
-        metavar="FILE.py",
-        help="the Python file registering the run's architecture (repeatable); a run directory's "
-        "own list of plugin files is never imported",
-    )
+    add_model_file_arg(p, RUN_MODEL_FILE_HELP)
     add_json_flag(p)
     p.set_defaults(func=run)
 

@@ -6,7 +6,16 @@ import argparse
 import sys
 import time
 
-from lumi.cli.common import add_json_flag, load_plugins, parse_overrides, print_json, split_model_preset
+from lumi.cli.common import (
+    add_json_flag,
+    add_list_arg,
+    add_model_file_arg,
+    add_verb,
+    load_plugins,
+    parse_overrides,
+    print_json,
+    split_model_preset,
+)
 from lumi.errors import LumiError
 
 HELP = "sample text from a trained run (temperature / top-k / top-p, KV cache)"
@@ -35,9 +44,7 @@ Examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "generate", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = add_verb(subparsers, "generate", HELP, DESCRIPTION)
     p.add_argument(
         "run",
         nargs="?",
@@ -71,21 +78,11 @@ def add_parser(subparsers) -> None:
     g = p.add_argument_group("random-init smoke run (instead of RUN)")
     g.add_argument("--model", help="registered model name (or NAME:PRESET), randomly initialised")
     g.add_argument("--preset", help="preset of --model")
-    g.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a config field of --model (repeatable)",
-    )
-    p.add_argument(
-        "--model-file",
-        action="append",
-        default=[],
-        metavar="FILE.py",
-        help="a Python file registering the architecture of RUN or --model (repeatable); a run "
-        "directory's own list of plugin files is never imported",
+    add_list_arg(g, "--set", "FIELD=VALUE", "override a config field of --model (repeatable)", "overrides")
+    add_model_file_arg(
+        p,
+        "a Python file registering the architecture of RUN or --model (repeatable); a run directory's own "
+        "list of plugin files is never imported",
     )
     add_json_flag(p)
     p.set_defaults(func=run)

@@ -6,7 +6,7 @@ import argparse
 import warnings
 from typing import Any
 
-from lumi.cli.common import add_json_flag, load_plugins, print_json
+from lumi.cli.common import add_json_flag, add_model_file_arg, add_verb, load_plugins, print_json
 
 HELP = "list the model zoo: architectures, presets, parameter counts, FLOPs/token"
 
@@ -25,16 +25,8 @@ Models come from Lumi itself ("built-in") or from your own files (--model-file),
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "models", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--model-file",
-        action="append",
-        default=[],
-        metavar="FILE.py",
-        help="also list the architectures this Python file registers (repeatable)",
-    )
+    p = add_verb(subparsers, "models", HELP, DESCRIPTION)
+    add_model_file_arg(p, "also list the architectures this Python file registers (repeatable)")
     p.add_argument(
         "--vocab-size",
         type=int,

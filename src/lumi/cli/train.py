@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lumi.cli.common import add_json_flag, print_json
+from lumi.cli.common import (
+    add_data_args,
+    add_json_flag,
+    add_list_arg,
+    add_model_file_arg,
+    add_verb,
+    print_json,
+)
 from lumi.errors import LumiError
 
 HELP = "train one model under a budget into runs/<name>/"
@@ -65,13 +72,7 @@ examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help=HELP,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_verb(subparsers, "train", HELP, DESCRIPTION, EPILOG)
     p.add_argument(
         "model",
         nargs="?",
@@ -80,28 +81,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", help="model preset (same as MODEL:PRESET)")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file with model/data/optim/train sections")
-    p.add_argument(
+    add_list_arg(
+        p,
         "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key, e.g. optim.lr=1e-3 or train.seq_len=256 (repeatable)",
+        "KEY=VALUE",
+        "override one config key, e.g. optim.lr=1e-3 or train.seq_len=256 (repeatable)",
+        "overrides",
     )
     p.add_argument("--budget", help="how long to train: 2000steps, 5M tokens, 3e14flops, 90s, 10m, 1h")
     p.add_argument("--seed", type=int, help="seed for initialisation and data order")
-    p.add_argument(
-        "--corpus", help="corpus spec (shakespeare, pystdlib, files:PATH ...); prepared on the fly"
-    )
-    p.add_argument("--tokenizer", help="tokenizer spec (bytes, bpe:4096 ...)")
-    p.add_argument("--data", metavar="DIR", help="an already prepared data directory (lumi data prepare)")
-    p.add_argument(
-        "--model-file",
-        action="append",
-        default=[],
-        metavar="FILE.py",
-        help="a Python file that registers your own architecture (repeatable); with --resume, "
-        "pass the run's plugin files again (a run directory's own list is never imported)",
+    add_data_args(p, " (prepared on the fly)")
+    add_model_file_arg(
+        p,
+        "a Python file that registers your own architecture (repeatable); with --resume, pass the run's "
+        "plugin files again (a run directory's own list is never imported)",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", metavar="RUN_DIR", help="run directory to create (default runs/<name>)")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lumi.cli.common import add_json_flag, apply_section_settings, print_json
+from lumi.cli.common import (
+    add_data_args,
+    add_json_flag,
+    add_list_arg,
+    add_model_file_arg,
+    add_verb,
+    apply_section_settings,
+    print_json,
+)
 
 HELP = "learning-rate sweep for one model, scored on a tuning split carved from the training data (never val)"
 
@@ -30,13 +38,7 @@ examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "tune",
-        help=HELP,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_verb(subparsers, "tune", HELP, DESCRIPTION, EPILOG)
     p.add_argument("model", metavar="MODEL[:PRESET]", help="e.g. llama:nano or llama:micro+mlp=relu2")
     p.add_argument("--grid", default="auto", help="learning rates 1e-3,3e-3,1e-2, or auto (default)")
     p.add_argument(
@@ -45,20 +47,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--jobs", type=int, default=1, metavar="N", help="grid points trained in parallel (default 1)"
     )
-    p.add_argument("--corpus", help="corpus spec (default shakespeare)")
-    p.add_argument("--tokenizer", help="tokenizer spec (default bpe:4096)")
-    p.add_argument("--data", metavar="DIR", help="an already prepared data directory (lumi data prepare)")
-    p.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="train.seq_len=64, optim.name=muon ... (repeatable)",
+    add_data_args(p, " (default shakespeare, bpe:4096)")
+    add_list_arg(
+        p, "--set", "SECTION.KEY=VALUE", "train.seq_len=64, optim.name=muon ... (repeatable)", "settings"
     )
-    p.add_argument(
-        "--model-file", action="append", default=[], metavar="FILE.py", help="a plugin architecture file"
-    )
+    add_model_file_arg(p)
     p.add_argument("--out", metavar="DIR", help="where the runs go (default tune/<model>)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     add_json_flag(p)
