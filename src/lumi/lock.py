@@ -25,7 +25,8 @@ class DirectoryLock:
     """An acquired lock on one directory; ``release()`` (or process death) frees it."""
 
     def __init__(self, directory: Path, fd: int) -> None:
-        self.directory, self.path, self._fd = directory, directory / LOCK_NAME, fd
+        self.directory, self.path = directory, directory / LOCK_NAME
+        self._fd: int | None = fd  # None once released
 
     def release(self) -> None:
         if self._fd is None:

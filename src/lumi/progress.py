@@ -97,7 +97,7 @@ def format_duration(s: float) -> str:
     """'13s', '4m05s', '1h02m' ('?' when unknown)."""
     if s != s or s == float("inf"):
         return "?"
-    s = int(round(s))
+    s = round(float(s))  # an int (also for a numpy scalar)
     if s < 60:
         return f"{s}s"
     if s < 3600:

@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lumi.check.context import CheckContext, aux_loss_sum, forward_logits, lm_loss
 from lumi.check.report import CheckResult
+from lumi.models.base import LumiModel
 
 FLOPS_RTOL = 0.05  # |analytic - measured| / measured
 
@@ -40,7 +41,7 @@ def check_params(ctx: CheckContext) -> CheckResult:
     return CheckResult("params", True, detail + f" (V={ctx.vocab_size})", value=float(pc.total))
 
 
-def measure_flops_per_token(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> float:
+def measure_flops_per_token(model: LumiModel, tokens: torch.Tensor, vocab_size: int) -> float:
     """Measured training FLOPs (forward + backward) per token for one batch."""
     model.train()
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:

@@ -88,7 +88,7 @@ class CheckContext:
         return self._overfit
 
 
-def forward_logits(model: LumiModel, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """model(tokens), insisting on the contract: a float tensor [B, T, V]."""
     out = model(tokens)
     if not isinstance(out, torch.Tensor):

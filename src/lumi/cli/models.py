@@ -110,7 +110,7 @@ def list_zoo(vocab_size: int = 4096, seq_len: int = 256) -> list[dict[str, Any]]
 
     out = []
     for spec in list_models():
-        presets = list(spec.presets) or [None]
+        presets: list[str | None] = [*spec.presets] or [None]
         out.append(
             {
                 "name": spec.name,
@@ -157,15 +157,11 @@ def _print_table(zoo: list[dict[str, Any]], vocab_size: int, seq_len: int) -> No
         f"FLOPs/token at T={seq_len})",
         title_justify="left",
     )
-    for col, kw in [
-        ("model", {}),
-        ("preset", {}),
-        ("params", {"justify": "right"}),
-        ("non-emb", {"justify": "right"}),
-        ("FLOPs/tok", {"justify": "right"}),
-        ("description / source", {"overflow": "fold"}),
-    ]:
-        table.add_column(col, **kw)
+    for col in ("model", "preset"):
+        table.add_column(col)
+    for col in ("params", "non-emb", "FLOPs/tok"):
+        table.add_column(col, justify="right")
+    table.add_column("description / source", overflow="fold")
     for m in zoo:
         for i, row in enumerate(m["presets"]):
             preset = (row["preset"] or "(defaults)") + ("*" if row["cpu"] else "")

@@ -19,7 +19,7 @@ class Arm:
     name: str
     preset: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
-    label: str | None = None  # None: the arm's spec string
+    label: str = ""  # "" (not given): the arm's spec string, filled in at construction
     files: list[str] = field(default_factory=list)  # plugin files that register `name`
     optim: dict[str, Any] = field(
         default_factory=dict
@@ -30,7 +30,7 @@ class Arm:
     tokenizer: str | None = None  # per-arm tokenizer (e.g. a BPE arm in a byte-level comparison)
 
     def __post_init__(self) -> None:
-        if self.label is None:
+        if not self.label:
             self.label = self.spec()
 
     def spec(self) -> str:
@@ -91,7 +91,7 @@ def parse_arm(text: str, label: str | None = None) -> Arm:
         overrides[key] = value
     if label is not None:
         _check_label(label, text)
-    return Arm(name=name.strip(), preset=preset.strip() or None, overrides=overrides, label=label)
+    return Arm(name=name.strip(), preset=preset.strip() or None, overrides=overrides, label=label or "")
 
 
 def _check_label(label: str, where: str) -> None:

@@ -309,6 +309,7 @@ def _auto_round(results: dict[str, Any], spec: CompareSpec, rounds: list[dict[st
     """Record this round's decisions (anytime-valid: see lumi.compare.sequential); (stop?, why)."""
     from lumi.compare.sequential import round_decisions
 
+    assert spec.seeds_max is not None  # called for seeds: auto only
     decisions = round_decisions(results["arms"], spec.threshold)
     rounds.append({"seeds": len(spec.seeds), "decisions": decisions})
     if all(d != "undecided" for d in decisions.values()):
@@ -333,7 +334,8 @@ def _attach_auto(
     """The stop rule, every round's decisions and the stop reason, in results.json and on each arm."""
     from lumi.compare.sequential import SeedsRule
 
-    last = rounds[-1] if rounds else {"seeds": len(results.get("seeds", [])), "decisions": {}}
+    assert spec.seeds_max is not None  # called for seeds: auto only
+    last: dict[str, Any] = rounds[-1] if rounds else {"seeds": len(results.get("seeds", [])), "decisions": {}}
     if interrupted:
         reason = "interrupted: re-run the same command to continue deciding"
     elif all(d != "undecided" for d in last["decisions"].values()):

@@ -52,7 +52,9 @@ def relative_tail_drop(xs: Sequence[float], ys: Sequence[float]) -> float | None
     None with fewer than 2 points, an empty x-range or a zero last value.
     """
     pts = [
-        (float(x), float(y)) for x, y in zip(xs, ys) if as_number(x) is not None and as_number(y) is not None
+        (float(x), float(y))
+        for x, y in zip(xs, ys, strict=False)
+        if as_number(x) is not None and as_number(y) is not None
     ]
     if len(pts) < 2:
         return None

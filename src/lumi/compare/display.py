@@ -10,8 +10,8 @@ import sys
 import time
 from typing import TextIO
 
-from lumi.run import Run
 from lumi.compare.runner import RunJob
+from lumi.run import Run
 
 PLAIN_EVERY_S = 30.0
 

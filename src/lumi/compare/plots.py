@@ -26,7 +26,7 @@ def _points(run: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray] | No
     """(x, val_bpb) of one run's curve, sorted by x, finite points only; None when empty."""
     curve = run.get("curve") or {}
     xs, ys = curve.get(key) or [], curve.get("val_bpb") or []
-    pts = sorted((float(x), float(y)) for x, y in zip(xs, ys) if is_number(x) and is_number(y))
+    pts = sorted((float(x), float(y)) for x, y in zip(xs, ys, strict=False) if is_number(x) and is_number(y))
     if not pts:
         return None
     x = np.array([p[0] for p in pts])

@@ -217,7 +217,7 @@ def render_markdown(
 ) -> str:
     """report.md as text (``plots``: the PNG names written next to it)."""
     arms = results.get("arms", [])
-    baseline = results.get("baseline")
+    baseline = str(results.get("baseline"))  # only shown in text
     match = results.get("matched", "tokens")
     data = results.get("data") or {}
     threshold = results.get("threshold", 0.005)
@@ -517,7 +517,7 @@ def print_table(results: dict[str, Any], file: TextIO | None = None) -> None:
     """The comparison as a plain-text table with one verdict line per arm (for the terminal)."""
     f = file if file is not None else sys.stdout
     arms = results.get("arms", [])
-    baseline = results.get("baseline")
+    baseline = str(results.get("baseline"))  # only shown in text
     seeds = ", ".join(str(s) for s in results.get("seeds", []))
     print(
         f"lumi compare: {results.get('name', '')} — matched {results.get('matched')}, budget "
@@ -559,7 +559,9 @@ def print_table(results: dict[str, Any], file: TextIO | None = None) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     left = {0, len(header) - 1}  # text columns left-aligned, numbers right-aligned
     for i, r in enumerate(rows):
-        cells = [c.ljust(w) if j in left else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))]
+        cells = [
+            c.ljust(w) if j in left else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
         print("  ".join(cells).rstrip(), file=f)
         if i == 0:
             print("  ".join("-" * w for w in widths), file=f)

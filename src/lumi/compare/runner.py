@@ -43,12 +43,13 @@ class RunJob:
         if self.resume:
             # `lumi train --resume` never imports plugins named in the run directory: pass the user's files,
             # read from the config compare has just written from the user's spec (not from the run).
-            return (
-                base
-                + ["--resume", str(self.run_dir)]
-                + [a for f in self.plugin_files() for a in ("--model-file", f)]
-            )
-        return base + ["--config", str(self.config_path), "--out", str(self.run_dir)]
+            return [
+                *base,
+                "--resume",
+                str(self.run_dir),
+                *[a for f in self.plugin_files() for a in ("--model-file", f)],
+            ]
+        return [*base, "--config", str(self.config_path), "--out", str(self.run_dir)]
 
     def plugin_files(self) -> list[str]:
         from lumi.errors import LumiError
@@ -128,10 +129,8 @@ def _stop_all(running: list[RunJob]) -> None:
     try:
         for job in running:
             if job.process is not None:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     job.process.wait(timeout=max(0.1, deadline - time.time()))
-                except subprocess.TimeoutExpired:
-                    pass
     except KeyboardInterrupt:  # a second Ctrl-C: stop waiting politely
         pass
     for job in running:

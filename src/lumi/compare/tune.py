@@ -15,7 +15,7 @@ import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lumi.compare.plan import MIN_STEPS, ArmPlan
 from lumi.compare.runner import RunJob
@@ -99,7 +99,7 @@ def with_lr(optim: dict[str, Any], value: float) -> dict[str, Any]:
 def grid_values(grid: str | list[float], base: float) -> list[float]:
     """The arm's grid points: an explicit grid as given, ``auto`` = base x 2^k for k = -2..2."""
     if grid != "auto":
-        return list(grid)
+        return list(cast("list[float]", grid))  # parse_grid gives "auto" or a list
     half = AUTO_POINTS // 2
     return [float(f"{base * AUTO_FACTOR**k:.6g}") for k in range(-half, AUTO_POINTS - half)]
 
@@ -178,7 +178,7 @@ def run_tuning(
         + ", ".join(f"{n} {what}" for what, n in counts.items() if n or what in ("reused", "to train"))
     )
     if todo:
-        total = {job.label: None for job in todo}
+        total: dict[str, int | None] = {job.label: None for job in todo}
         if execute_jobs(todo, jobs, total, sum(len(p) for p in points.values()) - len(todo), progress, log):
             raise KeyboardInterrupt
     record = {
@@ -201,7 +201,7 @@ def _arm_record(label: str, points: list[tuple[float, RunJob]], base_optim: dict
     from lumi.compare.stats import as_number
     from lumi.run import Run
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for value, job in points:
         s = Run(job.run_dir).summary() or {}
         status = str(s.get("status") or "missing")

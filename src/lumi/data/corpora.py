@@ -77,7 +77,7 @@ class Corpus:
 class BuiltinCorpus:
     name: str
     description: str
-    load: Callable[[], Corpus]
+    load: Callable[..., Corpus]  # takes the log callback when needs_download
     needs_download: bool
 
 
@@ -92,7 +92,7 @@ def load_corpus(spec: str, log: Callable[[str], None] | None = None) -> Corpus:
         builtin = BUILTIN[spec]
         corpus = builtin.load(log) if builtin.needs_download else builtin.load()
     else:
-        hint = closest(spec, list(BUILTIN) + ["files:", "hf:"])
+        hint = closest(spec, [*BUILTIN, "files:", "hf:"])
         raise LumiError(f"unknown corpus {spec!r}{hint}; accepted: {ACCEPTED}")
     _check_documents(corpus)
     return corpus
@@ -421,7 +421,7 @@ def _check_documents(corpus: Corpus) -> None:
             raise LumiError(f"corpus {corpus.name!r}: two documents share the id {doc.id!r}")
         ids.add(doc.id)
         try:
-            doc.utf8
+            _ = doc.utf8  # fails on a lone surrogate
         except UnicodeEncodeError as e:
             raise LumiError(
                 f"corpus {corpus.name!r}, document {doc.id!r}: text has a lone surrogate at index "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -32,10 +33,8 @@ def default_data_dir(corpus: str | None = None, tokenizer: str | None = None) ->
     from lumi.data.tokenizers import parse_tokenizer_spec
     from lumi.errors import LumiError
 
-    try:
+    with contextlib.suppress(LumiError):
         tokenizer = str(parse_tokenizer_spec(tokenizer))  # " bpe:4096" and "bpe:4096" share a directory
-    except LumiError:
-        pass
     return root / f"{_safe_name(corpus.strip())}__{_safe_name(tokenizer)}"
 
 

@@ -313,7 +313,7 @@ def _write_split(
                 t0 = time.perf_counter()
                 encoded = tok.encode_batch([d.text for d in batch])
                 seconds += time.perf_counter() - t0
-                for doc, ids in zip(batch, encoded):
+                for doc, ids in zip(batch, encoded, strict=True):  # one id array per text
                     covered = int(tok.token_bytes[ids].sum())
                     if covered != doc.nbytes:  # would be a tokenizer bug: refuse to write wrong accounting
                         raise RuntimeError(

@@ -24,7 +24,7 @@ MAGIC = b"LUMITOK\0"
 VERSION = 1
 HEADER = struct.Struct("<8sIIQ8x")
 HEADER_SIZE = HEADER.size  # 32
-DTYPE_CODES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
+DTYPE_CODES: dict[int, np.dtype] = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
 CODE_OF_DTYPE = {v: k for k, v in DTYPE_CODES.items()}
 
 

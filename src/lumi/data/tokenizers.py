@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -203,7 +204,7 @@ class BpeTokenizer(Tokenizer):
         try:
             return b"".join([table[i] for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist()])
         except IndexError:
-            bad = [i for i in np.asarray(ids).reshape(-1).tolist() if not 0 <= i < self.vocab_size][0]
+            bad = next(i for i in np.asarray(ids).reshape(-1).tolist() if not 0 <= i < self.vocab_size)
             raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}") from None
 
     def fingerprint(self) -> str:
@@ -305,12 +306,13 @@ def _id_byte_strings(vocab: dict[str, int], vocab_size: int, sep_id: int) -> lis
     missing = [i for i, b in enumerate(table) if b is None]
     if missing:
         raise LumiError(f"BPE vocabulary has no token for id(s) {missing[:5]}; the tokenizer file is damaged")
-    single = {b for b in table if len(b) == 1}
+    strings = cast("list[bytes]", table)  # no None left: checked just above
+    single = {b for b in strings if len(b) == 1}
     if len(single) != 256:
         raise LumiError(
             "BPE vocabulary lacks some of the 256 single-byte tokens, so some text could not be encoded"
         )
-    return table  # type: ignore[return-value]
+    return strings
 
 
 def _utf8(text: str) -> bytes:

@@ -119,9 +119,7 @@ def _all_reduce_acc(acc: BpbAccumulator, device: torch.device) -> BpbAccumulator
 
     t = torch.tensor([acc.nll_nats, float(acc.bytes), float(acc.targets)], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return BpbAccumulator(
-        nll_nats=float(t[0]), bytes=int(round(float(t[1]))), targets=int(round(float(t[2])))
-    )
+    return BpbAccumulator(nll_nats=float(t[0]), bytes=round(float(t[1])), targets=round(float(t[2])))
 
 
 def unigram_bpb(prepared: Any, split: str = "val") -> dict[str, Any]:

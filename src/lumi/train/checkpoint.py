@@ -26,12 +26,13 @@ from typing import Any
 import torch
 
 from lumi.errors import LumiError, write_error_text
+from lumi.models.base import LumiModel
 
 FILES = ("model.safetensors", "model_config.json", "optimizer.pt", "state.json")
 
 
 def save_checkpoint(
-    ckpt_root: Path, model: torch.nn.Module, optimizer_state: dict[str, Any], state: dict[str, Any]
+    ckpt_root: Path, model: LumiModel, optimizer_state: dict[str, Any], state: dict[str, Any]
 ) -> Path:
     """Write a complete checkpoint to ``ckpt_root/latest`` atomically; returns that path."""
     from safetensors.torch import save_model

@@ -139,7 +139,7 @@ class TrainConfig:
                     f"top-level keys: {', '.join(allowed)}"
                 )
         cfg = cls(name=None if d.get("name") is None else str(d["name"]))
-        for section, section_cls in SECTIONS.items():
+        for section in SECTIONS:
             values = d.get(section) or {}
             if not isinstance(values, dict):
                 raise LumiError(f"{source}: {section!r} must be a mapping of keys to values, got {values!r}")

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,9 @@ from lumi.train.distributed import (
 from lumi.train.optim import build_optimizer
 from lumi.train.runtime import load_data, resolve_autocast, resolve_device, set_threads
 from lumi.train.schedule import lr_multiplier
+
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
 
 EMA_BETA = 0.9
 
@@ -477,7 +480,8 @@ class _Trainer:
 
         t = self.config.train
         if t.compile:
-            self.train_model = torch.compile(self.model)
+            # Compiling a Module gives an OptimizedModule, itself a Module (the stub says only Callable).
+            self.train_model = cast(torch.nn.Module, torch.compile(self.model))
         if self.info.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -577,7 +581,11 @@ class _Trainer:
             x = x_all[i * self.micro : (i + 1) * self.micro].to(self.device, non_blocking=True)
             y = y_all[i * self.micro : (i + 1) * self.micro].to(self.device, non_blocking=True)
             last = i == t.grad_accum - 1
-            sync = self.train_model.no_sync() if info.enabled and not last else contextlib.nullcontext()
+            sync = (
+                cast("DistributedDataParallel", self.train_model).no_sync()  # wrapped in DDP when enabled
+                if info.enabled and not last
+                else contextlib.nullcontext()
+            )
             with sync:
                 with self._autocast():
                     logits = self.train_model(x)
@@ -651,7 +659,9 @@ class _Trainer:
         t, s = self.config.train, self.state
         if t.eval_every_steps and s.step % t.eval_every_steps == 0:
             return True
-        return bool(t.eval_every_s) and s.elapsed_s - s.last_eval_elapsed_s >= t.eval_every_s
+        if not t.eval_every_s:
+            return False
+        return s.elapsed_s - s.last_eval_elapsed_s >= t.eval_every_s
 
     def _evaluate(self, max_targets: int | None) -> dict[str, Any]:
         from lumi.metrics.evaluate import evaluate_bpb

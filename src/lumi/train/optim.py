@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -159,7 +159,7 @@ class Muon(torch.optim.Optimizer):
             updates = self._orthogonalized(moms, group["ns_steps"])
             if wd:
                 torch._foreach_mul_(params, 1.0 - lr * wd)
-            for p, u in zip(params, updates):
+            for p, u in zip(params, updates, strict=True):
                 rows, cols = p.shape[0], p[0].numel()
                 p.add_(u.reshape(p.shape), alpha=-lr * max(1.0, rows / cols) ** 0.5)
         return loss
@@ -182,9 +182,9 @@ class Muon(torch.optim.Optimizer):
                 ortho = [orthogonalize(wide[0], steps)]
             else:
                 ortho = list(orthogonalize(torch.stack(wide), steps).unbind(0))
-            for i, o in zip(idx, ortho):
+            for i, o in zip(idx, ortho, strict=True):
                 out[i] = o.mT if mats[i].shape[0] > mats[i].shape[1] else o
-        return out  # type: ignore[return-value]
+        return cast("list[torch.Tensor]", out)  # every slot filled: the buckets cover every index
 
 
 class OptimizerSet:
