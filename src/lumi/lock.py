@@ -48,8 +48,11 @@ class DirectoryLock:
         self.release()
 
 
-def acquire_directory_lock(directory: Path | str, what: str = "run directory") -> DirectoryLock:
-    """Lock an existing ``directory`` for this process, or LumiError naming the PID that holds it."""
+def acquire_directory_lock(
+    directory: Path | str, what: str = "run directory", wait: bool = False
+) -> DirectoryLock:
+    """Lock an existing ``directory`` for this process, or LumiError naming the PID that holds it.
+    With ``wait``, block until the holder releases it instead (two runs preparing the same data)."""
     import fcntl
 
     directory = Path(directory)
@@ -60,7 +63,7 @@ def acquire_directory_lock(directory: Path | str, what: str = "run directory") -
         except OSError as e:
             raise LumiError(f"cannot lock {what} {str(directory)!r}: {e.strerror or e} ({path})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             holder = _read_pid(fd)
             os.close(fd)
@@ -88,9 +91,11 @@ def acquire_directory_lock(directory: Path | str, what: str = "run directory") -
 
 
 @contextlib.contextmanager
-def lock_directory(directory: Path | str, what: str = "run directory") -> Iterator[DirectoryLock]:
+def lock_directory(
+    directory: Path | str, what: str = "run directory", wait: bool = False
+) -> Iterator[DirectoryLock]:
     """``with lock_directory(d):`` — the directory is this process's to write until the block ends."""
-    lock = acquire_directory_lock(directory, what)
+    lock = acquire_directory_lock(directory, what, wait)
     try:
         yield lock
     finally:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lumi.errors import LumiError, write_error_text
-from lumi.io import json_safe, read_json, write_json, write_text_atomic
+from lumi.io import json_safe, write_json, write_text_atomic
 from lumi.lock import LOCK_NAME, DirectoryLock, pid_alive
 
 if TYPE_CHECKING:
@@ -197,11 +197,9 @@ class Run:
 
     def model_values(self, ckpt: Path) -> dict[str, Any]:
         """The resolved model config the checkpoint's weights belong to (model_config.json)."""
-        path = ckpt / "model_config.json"
-        values = read_json(path, "checkpoint model config")
-        if not isinstance(values, dict):
-            raise LumiError(f"checkpoint model config {path} must be a JSON object")
-        return values
+        from lumi.train.checkpoint import load_model_config
+
+        return load_model_config(ckpt)
 
     def load_model(
         self,

@@ -12,7 +12,6 @@ after the first) add up exactly to the UTF-8 length of its documents.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -30,6 +29,7 @@ from lumi.data.split import Split, split_documents
 from lumi.data.tokenizers import Tokenizer, load_tokenizer, parse_tokenizer_spec, train_tokenizer
 from lumi.errors import LumiError, write_error_text
 from lumi.io import write_text_atomic
+from lumi.lock import lock_directory
 
 __all__ = ["SPLITS", "PreparedData", "default_data_dir", "load_prepared", "prepare"]
 
@@ -203,7 +203,7 @@ def prepare(
             f"cannot create the data directory {out}: {write_error_text(e, out.parent)}"
         ) from None
     try:
-        with _locked(out):
+        with lock_directory(out, "data directory", wait=True):  # a second `prepare` waits, then reuses
             return _prepare_locked(corpus_obj, split, str(spec), out, progress, force, log)
     except (
         OSError
@@ -450,22 +450,6 @@ def _try_reuse_tokenizer(out: Path, manifest: dict, split: Split, spec: str) -> 
     except LumiError:
         return None
     return tok if tok.fingerprint() == manifest["tokenizer"]["fingerprint"] else None
-
-
-@contextlib.contextmanager
-def _locked(directory: Path):
-    """One `prepare` per directory at a time (two test workers or runs preparing the same data)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    with open(directory / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _mb(n: int) -> str:

@@ -207,6 +207,11 @@ class BpeTokenizer(Tokenizer):
             bad = next(i for i in np.asarray(ids).reshape(-1).tolist() if not 0 <= i < self.vocab_size)
             raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}") from None
 
+    @property
+    def definition(self) -> dict:
+        """The Hugging Face tokenizer.json this tokenizer is built from (export writes it)."""
+        return json.loads(json.dumps(self._definition))
+
     def fingerprint(self) -> str:
         canonical = json.dumps(self._definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(("lumi-tokenizer:bpe:v1:" + canonical).encode("utf-8")).hexdigest()

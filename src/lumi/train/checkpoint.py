@@ -28,15 +28,32 @@ import torch
 from lumi.errors import LumiError, write_error_text
 from lumi.models.base import LumiModel
 
-FILES = ("model.safetensors", "model_config.json", "optimizer.pt", "state.json")
+WEIGHTS, MODEL_CONFIG = "model.safetensors", "model_config.json"
+FILES = (WEIGHTS, MODEL_CONFIG, "optimizer.pt", "state.json")
+
+
+def save_model_files(directory: Path, model: LumiModel) -> None:
+    """The weights (safetensors) and the resolved model config: what rebuilds the model anywhere."""
+    from safetensors.torch import save_model
+
+    save_model(model, str(directory / WEIGHTS))
+    _write_text(directory / MODEL_CONFIG, json.dumps(asdict(model.config), indent=2, default=str))
+
+
+def load_model_config(directory: Path) -> dict[str, Any]:
+    """model_config.json of a checkpoint or export directory; one-line LumiError when missing or broken."""
+    from lumi.io import read_json
+
+    values = read_json(Path(directory) / MODEL_CONFIG, "model config")
+    if not isinstance(values, dict):
+        raise LumiError(f"model config {Path(directory) / MODEL_CONFIG} must be a JSON object")
+    return values
 
 
 def save_checkpoint(
     ckpt_root: Path, model: LumiModel, optimizer_state: dict[str, Any], state: dict[str, Any]
 ) -> Path:
     """Write a complete checkpoint to ``ckpt_root/latest`` atomically; returns that path."""
-    from safetensors.torch import save_model
-
     ckpt_root = Path(ckpt_root)
     tmp = ckpt_root / f".tmp-latest-{os.getpid()}"
     latest, previous = ckpt_root / "latest", ckpt_root / "previous"
@@ -45,8 +62,7 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"))
-        _write_text(tmp / "model_config.json", json.dumps(asdict(model.config), indent=2, default=str))
+        save_model_files(tmp, model)
         torch.save(optimizer_state, tmp / "optimizer.pt")
         _write_text(tmp / "state.json", json.dumps(state, indent=1))  # last: marks the directory complete
         for name in FILES:
@@ -104,7 +120,7 @@ def load_state(ckpt_dir: Path) -> dict[str, Any]:
 def load_model_weights(ckpt_dir: Path, model: torch.nn.Module, device: torch.device | str = "cpu") -> None:
     from safetensors.torch import load_model
 
-    path = ckpt_dir / "model.safetensors"
+    path = ckpt_dir / WEIGHTS
     try:
         load_model(model, str(path), strict=True, device=str(device))
     except OSError as e:

@@ -747,7 +747,7 @@ class _Trainer:
         }
         state["counters"]["wall_s"] = state["wall_s"]
         try:
-            ckpt.save_checkpoint(self.run_dir / "checkpoints", self.model, self.optimizer.state_dict(), state)
+            ckpt.save_checkpoint(self.rundir.checkpoints_dir, self.model, self.optimizer.state_dict(), state)
         finally:
             barrier(self.info)
 
