@@ -10,4 +10,8 @@ def __getattr__(name: str):
         import lumi.models as models
 
         return getattr(models, name)
+    if name == "load":  # lumi.load(DIR) -> (model, tokenizer) of a `lumi export --format lumi` directory
+        from lumi.export.bundle import load
+
+        return load
     raise AttributeError(name)

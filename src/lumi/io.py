@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +173,45 @@ def _coerce_to(base: Any, value: Any) -> Any:
             return [v.strip() for v in value.split(",") if v.strip()]
         raise ValueError
     return value
+
+
+def write_directory(
+    out: Path, fill: Callable[[Path], None], force: bool = False, what: str = "output"
+) -> None:
+    """Create directory ``out`` as a whole: ``fill(tmp)`` writes into a temporary sibling, which is renamed
+    to ``out`` only when it is complete. An existing ``out`` is refused unless ``force`` (then replaced, and
+    only after the new one is complete). A failure leaves nothing half-written behind."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise LumiError(f"{what} {out} already exists; choose another --out or pass --force to replace it")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        fill(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except OSError as e:
+        raise LumiError(
+            f"cannot write {what} {out}: {write_error_text(e, out.parent)}; nothing was kept"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """As ``write_text_atomic``, for bytes."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise LumiError(
+            f"cannot write {path}: {write_error_text(e)}; free disk space or fix permissions"
+        ) from None

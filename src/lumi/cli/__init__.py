@@ -18,6 +18,9 @@ VERBS: dict[str, str] = {
     "tune": "lumi.cli.tune",
     "eval": "lumi.cli.eval",
     "generate": "lumi.cli.generate",
+    "export": "lumi.cli.export",
+    "pack": "lumi.cli.pack",
+    "unpack": "lumi.cli.unpack",
 }
 
 DESCRIPTION = """\
