@@ -108,7 +108,10 @@ def test_patch_size_one_is_a_byte_llama_on_pad_then_bytes():
         assert torch.allclose(m(x), want, atol=1e-5, rtol=0)
 
 
-def test_leaky_own_patch_decoder_is_rejected_naming_the_position():
+def test_leaky_own_patch_decoder_is_rejected_naming_the_position(monkeypatch):
+    from lumi.models import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the plugin stays in this test
     load_model_file(LEAKY_PLUGIN)
     report = run_checks("leaky_bytepatch", "nano", only=["causality_perturbation", "causality_gradient"])
     assert not report.passed

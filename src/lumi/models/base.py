@@ -21,11 +21,13 @@ Parallelism, compilation, precision and checkpointing are applied from outside.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic
 
 import torch
 from torch import nn
+from typing_extensions import TypeVar
 
 
 @dataclass
@@ -42,6 +44,14 @@ class ModelConfig:
             raise LumiError(f"vocab_size must be >= 2, got {self.vocab_size}")
 
 
+def check_choice(label: str, value: object, choices: Sequence[str]) -> None:
+    """Raise ``LumiError("<label> must be one of <choices>, got <value>")`` unless ``value`` is one."""
+    from lumi.errors import LumiError
+
+    if value not in choices:
+        raise LumiError(f"{label} must be one of {', '.join(choices)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ParamCounts:
     total: int
@@ -50,10 +60,17 @@ class ParamCounts:
     active: int | None = None
 
 
-class LumiModel(nn.Module):
-    """Base class: subclasses set ``config_class`` and implement ``forward``."""
+# A model's config type: ``class Llama(LumiModel[LlamaConfig])`` types ``self.config`` as a LlamaConfig.
+# A bare ``LumiModel`` (annotations, plugins) means ``LumiModel[ModelConfig]``.
+ConfigT = TypeVar("ConfigT", bound=ModelConfig, default=ModelConfig)
+
+
+class LumiModel(nn.Module, Generic[ConfigT]):
+    """Base class: subclasses set ``config_class`` (the registry builds configs from it) and implement
+    ``forward``."""
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    config: ConfigT
     # `lumi check`'s overfit check: Adam steps and lr for memorising one batch. A model that needs a
     # larger step (several stacks, no embedding) sets these on its class.
     check_overfit_steps: ClassVar[int] = 40
@@ -62,7 +79,7 @@ class LumiModel(nn.Module):
     # and `lumi generate` decodes one token per step through the cache.
     supports_cache: ClassVar[bool] = False
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ConfigT) -> None:
         super().__init__()
         self.config = config
 

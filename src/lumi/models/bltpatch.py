@@ -1,44 +1,15 @@
 """`bltpatch`: BLT-lite — dynamic patches where a small frozen byte LM finds the next byte hard.
 
 Source: Pagnoni et al., "Byte Latent Transformer: Patches Scale Better Than Tokens" (Meta, 2024),
-facebookresearch/blt. BLT's entropy patcher is a small byte LM that computes the next-byte entropy
-H at every position; a patch boundary goes where H exceeds a global threshold, or where H rises by
-more than a margin over the previous position (the "approximately monotonic" rule).
+facebookresearch/blt. The patcher is a trained `llama` byte model (``patcher_checkpoint``) frozen into
+persistent buffers: never trained, not in ``param_counts()``, saved with the model. Position t is a
+boundary when the patcher's next-byte entropy H_t exceeds ``entropy_threshold`` (``patch_rule="global"``)
+or exceeds H_{t-1} by more than ``entropy_margin`` ("monotonic"); the rest is `spacebyte`'s
+local/global/local machinery (``LocalGlobalModel``).
 
-What is implemented:
-- the patcher: a `llama` byte model, FROZEN. Its weights are stored as persistent buffers, not
-  parameters: the optimizer never sees them, ``param_counts()`` excludes them (they are reported
-  separately by ``patcher_params()``), and they travel with the model's safetensors/state_dict.
-  It runs under ``torch.no_grad()`` in eval mode on the same token stream;
-- H_t = entropy (nats) of the patcher's distribution at position t, i.e. of its prediction of byte
-  t+1 from bytes 0..t. Position t is a boundary (the global model runs at t) when
-  ``patch_rule="global"``: H_t > entropy_threshold, or ``patch_rule="monotonic"``:
-  H_t - H_{t-1} > entropy_margin; position 0 and separator ids (>= 256) always, plus a forced
-  boundary every ``max_patch`` positions. A boundary at t therefore means "the byte after t is hard",
-  and the global model's state at t (bytes 0..t) is spent exactly there — BLT's alignment, where a
-  new patch starts at a high-entropy byte and is predicted from the global states of earlier patches;
-- the rest is `spacebyte`'s local/global/local machinery (code reused: ``LocalGlobalModel``), with
-  its running global budget, so the prediction at t uses global states of boundaries <= t only;
-- hashed n-gram embeddings (BLT uses n = 3..8) via ``ngram_max`` (n = 2..ngram_max).
-
-Workflow (train the patcher first, then point this model at its run directory):
-    lumi train llama --preset byte-nano --data shakespeare:bytes ...  -> runs/<patcher-run>
-    lumi train bltpatch --preset micro --set patcher_checkpoint=runs/<patcher-run> ...
-``patcher_checkpoint`` is a `lumi train` run directory (loads checkpoints/latest/model.safetensors
-and model_config.json), a checkpoint directory holding those two files, or the .safetensors file
-itself (model_config.json beside it). With no checkpoint the patcher is a randomly initialised
-llama of ``patcher_preset`` (fine for `lumi check`, useless for real patching: a warning says so).
-The path is stored absolute. A bltpatch checkpoint also holds the patcher's weights (buffers), but
-building the model reads the patcher checkpoint first, so keep it in place while the run is used.
-
-Reported: ``stats()`` gives mean_patch_len, dropped_boundary_frac (boundaries beyond the global
-budget), mean_entropy and patcher_flops_per_token; ``patcher_flops_per_token(T)`` is the patcher's
-FORWARD cost per token (2 x its matmul weights incl. head + its attention), which is included in
-``flops_per_token`` (the patcher is never backpropagated, so it is counted once, not 3x).
-
-Not implemented: BLT's cross-attention patch encoder/decoder (pooling and un-pooling are SpaceByte's
-gather/scatter here), the entropy-context reset at newlines, incremental patching at inference,
-and BLT's patch-size/model-size scaling recipes.
+Causality: H_t is the patcher's prediction from bytes 0..t, so a boundary at t depends on bytes <= t
+only, and the running global budget keeps the prediction at t to global states of boundaries <= t.
+Workflow, checkpoint formats, FLOPs and presets: docs/architectures/bltpatch.md.
 """
 
 from __future__ import annotations
@@ -54,9 +25,10 @@ import torch
 from torch import nn
 
 from lumi.errors import LumiError
+from lumi.models.base import check_choice
 from lumi.models.llama import Llama, LlamaConfig
 from lumi.models.registry import get_spec, make_config, register
-from lumi.models.spacebyte import LocalGlobalModel, SpaceByteConfig
+from lumi.models.spacebyte import SPACEBYTE_PRESETS, LocalGlobalModel, SpaceByteConfig
 
 PATCH_RULES = ("global", "monotonic")
 
@@ -71,8 +43,7 @@ class BltPatchConfig(SpaceByteConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.patch_rule not in PATCH_RULES:
-            raise LumiError(f"patch_rule must be one of {', '.join(PATCH_RULES)}, got {self.patch_rule!r}")
+        check_choice("patch_rule", self.patch_rule, PATCH_RULES)
         if not math.isfinite(self.entropy_threshold) or self.entropy_threshold < 0:
             raise LumiError(
                 f"entropy_threshold must be a finite number of nats >= 0, got {self.entropy_threshold}"
@@ -150,56 +121,17 @@ def freeze_into_buffers(module: nn.Module) -> None:
 @register(
     "bltpatch",
     description="BLT-lite: entropy patches from a frozen byte-LM patcher + SpaceByte-style local/global blocks",
-    presets={
-        "nano": dict(
-            d_local=32,
-            n_local_heads=1,
-            n_local_before=1,
-            n_local_after=1,
-            local_window=16,
-            d_global=64,
-            n_global_heads=2,
-            n_global_layers=2,
-            max_patch=8,
-            global_patch_len=4,
-            patcher_preset="byte-nano",
-        ),
+    presets={  # spacebyte's stacks + n-grams + the random patcher's llama preset
+        "nano": dict(SPACEBYTE_PRESETS["nano"], patcher_preset="byte-nano"),
         "micro": dict(
-            d_local=64,
-            n_local_heads=2,
-            n_local_before=1,
-            n_local_after=1,
-            local_window=64,
-            d_global=128,
-            n_global_heads=2,
-            n_global_layers=4,
-            max_patch=16,
-            global_patch_len=4,
-            ngram_max=4,
-            ngram_buckets=2048,
-            patcher_preset="byte-nano",
+            SPACEBYTE_PRESETS["micro"], ngram_max=4, ngram_buckets=2048, patcher_preset="byte-nano"
         ),
-        "tiny": dict(
-            d_local=128,
-            n_local_heads=2,
-            n_local_before=2,
-            n_local_after=2,
-            local_window=128,
-            d_global=256,
-            n_global_heads=4,
-            n_global_layers=6,
-            max_patch=16,
-            global_patch_len=4,
-            ngram_max=5,
-            ngram_buckets=8192,
-            patcher_preset="byte-micro",
-        ),
+        "tiny": dict(SPACEBYTE_PRESETS["tiny"], ngram_max=5, ngram_buckets=8192, patcher_preset="byte-micro"),
     },
     cpu_presets=("nano",),
 )
-class BltPatch(LocalGlobalModel):
+class BltPatch(LocalGlobalModel[BltPatchConfig]):
     config_class = BltPatchConfig
-    config: BltPatchConfig
 
     def __init__(self, config: BltPatchConfig) -> None:
         super().__init__(config)

@@ -1,5 +1,6 @@
 """Pieces shared by the byte-level patch models (`bytepatch`, `spacebyte`, `bltpatch`).
 
+- the config fields they share (bytes vocabulary, n-grams, llama settings of their stacks);
 - hashed byte n-gram embeddings (LayerCake / BLT style), causal: the n-gram at position i is the
   n bytes ENDING at i, so it never reads a later byte;
 - patch-boundary rules on byte streams: SpaceByte's "spacelike" rule and a forced maximum patch
@@ -15,6 +16,7 @@ built from bytes 0..t only and helps every prediction made at positions >= t.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -22,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumi.errors import LumiError
-from lumi.models.layers import Attention, RotaryEmbedding
-from lumi.models.llama import LlamaConfig, llama_layer_matmul_params
+from lumi.models.base import ModelConfig, check_choice
+from lumi.models.layers import MLP_ACTIVATIONS, Attention
+from lumi.models.llama import LlamaConfig, block_attention, llama_layer_matmul_params
 
 # Multipliers of the rolling polynomial hash, one per n (any odd constants > 256 would do).
 _HASH_MULTIPLIERS = (
@@ -35,6 +38,57 @@ _HASH_MULTIPLIERS = (
     469_762_049,
     2_013_265_921,
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared config fields
+# ---------------------------------------------------------------------------------------------
+# Fields of ByteModelConfig that every stack takes over as they are.
+_STACK_FIELDS = ("mlp", "qk_norm", "norm_eps", "rope_theta", "dropout", "init_std")
+
+
+@dataclass
+class ByteModelConfig(ModelConfig):
+    """Fields every byte patch model has: the bytes vocabulary, optional hashed n-gram embeddings,
+    and the llama settings of its stacks (each stack is llama blocks of its own width and depth)."""
+
+    vocab_size: int = 257  # the bytes tokenizer: 256 byte values + the document separator (id 256)
+    ngram_max: int = 0  # 0: off; k: hashed n-gram embeddings for n = 2..k
+    ngram_buckets: int = 1024
+    mlp: str = "swiglu"
+    ffn_mult: int = 4  # MLP hidden width = ffn_mult x the stack's width
+    qk_norm: bool = False
+    dropout: float = 0.0
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def validate(self) -> None:
+        super().validate()
+        if self.ffn_mult < 1:
+            raise LumiError(f"ffn_mult must be >= 1, got {self.ffn_mult}")
+        check_choice("mlp", self.mlp, MLP_ACTIVATIONS)
+        if not 0.0 <= self.dropout < 1.0:
+            raise LumiError(f"dropout must be in [0, 1), got {self.dropout}")
+        validate_ngrams(self.ngram_max, self.ngram_buckets)
+
+    def stack_config(self, d_model: int, n_layers: int, n_heads: int, field: str) -> LlamaConfig:
+        """A LlamaConfig for one stack of the model; errors name the model's ``field``."""
+        shared = {name: getattr(self, name) for name in _STACK_FIELDS}
+        c = LlamaConfig(
+            vocab_size=2,
+            n_layers=n_layers,
+            d_model=d_model,
+            n_heads=n_heads,
+            ffn_hidden=self.ffn_mult * d_model,
+            **shared,
+        )
+        if d_model < 2 or n_heads < 1 or d_model % n_heads or (d_model // n_heads) % 2:
+            raise LumiError(
+                f"{field}: d={d_model} with {n_heads} heads is invalid — heads must divide the width "
+                "and the head size must be even (RoPE)"
+            )
+        return c
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,40 +254,20 @@ class SlidingWindowAttention(Attention):
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         if cache is not None:
             raise NotImplementedError("sliding-window attention has no KV cache")
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.rope is not None:
-            cos, sin = self.rope.cos_sin(t, 0, x.device)
-            q, k = RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin)
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        i = torch.arange(t, device=x.device)
+        return super().forward(x)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(q.shape[2], device=q.device)
         band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - self.window)
-        y = F.scaled_dot_product_attention(
+        return F.scaled_dot_product_attention(
             q, k, v, attn_mask=band, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
 def make_windowed(block: nn.Module, c: LlamaConfig, window: int | None) -> nn.Module:
     """Swap a llama Block's attention for the sliding-window one (window None: leave it causal)."""
     if window is not None:
-        block.attn = SlidingWindowAttention(
-            c.d_model,
-            c.n_heads,
-            c.kv_heads,
-            c.dim_head,
-            c.rope_theta,
-            c.qk_norm,
-            c.dropout,
-            norm_eps=c.norm_eps,
-            window=window,
-        )
+        block.attn = block_attention(c, SlidingWindowAttention, window=window)
     return block
 
 
@@ -250,43 +284,8 @@ def block_forward_flops(c: LlamaConfig, context: int) -> float:
     return 2.0 * llama_layer_matmul_params(c) + 2.0 * context * (2 * c.n_heads * c.dim_head)
 
 
-def sub_config(
-    *,
-    d_model: int,
-    n_layers: int,
-    n_heads: int,
-    mlp: str,
-    ffn_mult: int,
-    qk_norm: bool,
-    norm_eps: float,
-    rope_theta: float,
-    dropout: float,
-    init_std: float,
-    field: str,
-) -> LlamaConfig:
-    """A LlamaConfig for one stack of a patch model; errors name the patch model's field."""
-    c = LlamaConfig(
-        vocab_size=2,
-        n_layers=n_layers,
-        d_model=d_model,
-        n_heads=n_heads,
-        ffn_hidden=ffn_mult * d_model,
-        mlp=mlp,
-        qk_norm=qk_norm,
-        norm_eps=norm_eps,
-        rope_theta=rope_theta,
-        dropout=dropout,
-        init_std=init_std,
-    )
-    if d_model < 2 or n_heads < 1 or d_model % n_heads or (d_model // n_heads) % 2:
-        raise LumiError(
-            f"{field}: d={d_model} with {n_heads} heads is invalid — heads must divide the width "
-            "and the head size must be even (RoPE)"
-        )
-    return c
-
-
 __all__ = [
+    "ByteModelConfig",
     "HashNgramEmbedding",
     "SlidingWindowAttention",
     "block_forward_flops",
@@ -303,6 +302,5 @@ __all__ = [
     "running_budget",
     "scatter_add_rows",
     "spacelike_boundaries",
-    "sub_config",
     "validate_ngrams",
 ]

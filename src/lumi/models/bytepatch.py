@@ -1,52 +1,14 @@
-"""`bytepatch`: fixed-size byte patches with a global and a local Transformer (MEGABYTE / LayerCake).
+"""`bytepatch`: fixed byte patches — a global Transformer over patches + a local byte decoder (MEGABYTE).
 
-Source: Yu et al., "MEGABYTE: Predicting Million-byte Sequences with Multiscale Transformers"
-(2023), and the patch core of LayerCake (Yoder23/layercake, ``CausalBytePatchLM``): bytes are
-grouped into patches of P; a global causal Transformer runs over patch embeddings; a small local
-model decodes the bytes of each patch.
+Source: Yu et al., "MEGABYTE: Predicting Million-byte Sequences with Multiscale Transformers" (2023),
+and the patch core of LayerCake (Yoder23/layercake, ``CausalBytePatchLM``). Bytes are grouped into
+patches of P; llama blocks over patch embeddings (P concatenated byte embeddings) give one global
+output per patch, split into P slots that feed small llama blocks run inside each patch.
 
-What is implemented (MEGABYTE's "patch shift plus byte shift"):
-- global byte embedding of width d_global / P (+ optional hashed n-gram embeddings, n = 2..ngram_max,
-  each hashing the n bytes ENDING at the position, as in LayerCake/BLT); a patch embedding is the
-  concatenation of its P byte embeddings (width d_global);
-- global model: llama blocks over patches; its input is shifted right by one patch (a learned pad
-  patch in front, the last patch dropped), so global output k depends on patches < k only;
-- global output k is split into P slots of width d_global / P, each projected to d_local;
-- local model: llama blocks within each patch (all patches in parallel as one batch, RoPE over the
-  slot index); its input at slot i is the projected global slot i plus the local embedding of the
-  byte before it (slot 0: a learned start vector, as MEGABYTE's pad byte);
-- final RMSNorm and an untied head from d_local.
-
-Alignment with Lumi (logits at position t predict byte t+1). Let u = t + 1 be the index of the
-predicted byte, k = u // P its patch and i = u % P its slot.
-- The global model contributes output k, which sees only COMPLETE patches strictly before the
-  patch containing the predicted byte: bytes 0 .. kP-1 (all <= t, because kP <= u - 1 = t).
-- The local model at slot i sees the bytes of the current patch up to and including t:
-  bytes kP .. u-1 = kP .. t (slot j > 0 holds byte kP+j-1; slot 0 holds no byte).
-So the logits at t are MEGABYTE's prediction for byte u. Internally the model therefore runs on
-u = 0..T, i.e. K = ceil((T+1) / P) patches: the prediction for u = 0 (byte 0 from nothing) is
-dropped, and the last patch is padded ON THE RIGHT only, which can never reach an earlier output.
-The head runs on the T kept positions only. Any T >= 1 works.
-
-Choices where the public description is open (config fields):
-- ``ngram_max`` / ``ngram_buckets``: hashed n-gram tables (0 = off), added to the GLOBAL byte
-  embeddings only (the local model sees plain byte embeddings); rolling polynomial hash, one table
-  per n (see byte_utils.hashed_ngram_ids).
-- ``ffn_mult``: SwiGLU hidden = ffn_mult x width in both stacks (``mlp`` picks the activation).
-- No norm between the global output and the slot projection (MEGABYTE projects the raw output);
-  with P = 1, d_local = d_global, no local layers and an identity projection the model is exactly
-  a byte llama run on [pad, x_0, ..., x_{T-1}] (tested).
-Not implemented: MEGABYTE's cross-patch attention in the local model, strided inference, the
-LayerCake ABI projection and bricks, the GRU local decoder.
-
-Parameters: V*(d_global/P) + V*d_local (byte embeddings) + ngram tables + V*d_local (head)
-  + d_global (pad patch) + d_local (slot-0 vector) + (d_global/P)*d_local (slot projection)
-  + L_g * block(d_global) + L_l * block(d_local) + d_local (final norm).
-FLOPs/token at length T (training = 3 x forward), K = ceil((T+1)/P):
-  forward = [K * L_g * (2 M_g + 4 K d_global) + K P (2 (d_global/P) d_local)
-             + K P * L_l * (2 M_l + 4 P d_local) + T * 2 d_local V] / T
-  with M = matmul weights of one llama block; attention counted over the full K x K (global) and
-  P x P (local) per the shared convention.
+Causality (logits at t predict byte u = t + 1 of patch k = u // P): the global input is shifted right
+by one patch (a learned pad patch in front), so global output k sees bytes 0..kP-1 only; the local
+input is shifted by one byte, so it sees bytes kP..t. Internally the model runs on u = 0..T (the last
+patch padded on the right only) and drops u = 0. Details: docs/architectures/bytepatch.md.
 """
 
 from __future__ import annotations
@@ -59,23 +21,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumi.errors import LumiError
-from lumi.models.base import LumiModel, ModelConfig
+from lumi.models.base import LumiModel
 from lumi.models.byte_utils import (
+    ByteModelConfig,
     HashNgramEmbedding,
     block_forward_flops,
     block_params,
     ngram_params,
-    sub_config,
-    validate_ngrams,
 )
-from lumi.models.layers import MLP_ACTIVATIONS, RMSNorm, init_linear_weights, scale_residual_projections
+from lumi.models.layers import RMSNorm, init_linear_weights, scale_residual_projections
 from lumi.models.llama import Block, LlamaConfig
 from lumi.models.registry import register
 
 
 @dataclass
-class BytePatchConfig(ModelConfig):
-    vocab_size: int = 257  # the bytes tokenizer: 256 byte values + the document separator
+class BytePatchConfig(ByteModelConfig):
     patch_size: int = 4
     n_global_layers: int = 2
     d_global: int = 64
@@ -83,15 +43,6 @@ class BytePatchConfig(ModelConfig):
     n_local_layers: int = 1
     d_local: int = 32
     n_local_heads: int = 1
-    ngram_max: int = 0  # 0: off; k: hashed n-gram embeddings for n = 2..k
-    ngram_buckets: int = 1024
-    mlp: str = "swiglu"
-    ffn_mult: int = 4
-    qk_norm: bool = False
-    dropout: float = 0.0
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
 
     def validate(self) -> None:
         super().validate()
@@ -106,13 +57,6 @@ class BytePatchConfig(ModelConfig):
             raise LumiError(f"n_global_layers must be >= 1, got {self.n_global_layers}")
         if self.n_local_layers < 0:
             raise LumiError(f"n_local_layers must be >= 0, got {self.n_local_layers}")
-        if self.ffn_mult < 1:
-            raise LumiError(f"ffn_mult must be >= 1, got {self.ffn_mult}")
-        if self.mlp not in MLP_ACTIVATIONS:
-            raise LumiError(f"mlp must be one of {', '.join(MLP_ACTIVATIONS)}, got {self.mlp!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise LumiError(f"dropout must be in [0, 1), got {self.dropout}")
-        validate_ngrams(self.ngram_max, self.ngram_buckets)
         self.global_config()
         self.local_config()
 
@@ -121,33 +65,32 @@ class BytePatchConfig(ModelConfig):
         """Width of one byte's slot in a patch embedding."""
         return self.d_global // self.patch_size
 
-    def _stack(self, d: int, n_layers: int, n_heads: int, field: str) -> LlamaConfig:
-        return sub_config(
-            d_model=d,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            mlp=self.mlp,
-            ffn_mult=self.ffn_mult,
-            qk_norm=self.qk_norm,
-            norm_eps=self.norm_eps,
-            rope_theta=self.rope_theta,
-            dropout=self.dropout,
-            init_std=self.init_std,
-            field=field,
-        )
-
     def global_config(self) -> LlamaConfig:
-        return self._stack(
+        return self.stack_config(
             self.d_global, self.n_global_layers, self.n_global_heads, "d_global/n_global_heads"
         )
 
     def local_config(self) -> LlamaConfig:
-        return self._stack(self.d_local, self.n_local_layers, self.n_local_heads, "d_local/n_local_heads")
+        return self.stack_config(
+            self.d_local, self.n_local_layers, self.n_local_heads, "d_local/n_local_heads"
+        )
 
 
 def num_patches(seq_len: int, patch_size: int) -> int:
     """Patches covering the predicted positions u = 0..T (see the module docstring)."""
     return math.ceil((seq_len + 1) / patch_size)
+
+
+# The `micro` preset; `micro-ngram` is the same model plus hashed n-grams.
+_MICRO = dict(
+    patch_size=4,
+    n_global_layers=4,
+    d_global=128,
+    n_global_heads=2,
+    n_local_layers=2,
+    d_local=64,
+    n_local_heads=2,
+)
 
 
 @register(
@@ -163,26 +106,8 @@ def num_patches(seq_len: int, patch_size: int) -> int:
             d_local=32,
             n_local_heads=1,
         ),
-        "micro": dict(
-            patch_size=4,
-            n_global_layers=4,
-            d_global=128,
-            n_global_heads=2,
-            n_local_layers=2,
-            d_local=64,
-            n_local_heads=2,
-        ),
-        "micro-ngram": dict(
-            patch_size=4,
-            n_global_layers=4,
-            d_global=128,
-            n_global_heads=2,
-            n_local_layers=2,
-            d_local=64,
-            n_local_heads=2,
-            ngram_max=3,
-            ngram_buckets=4096,
-        ),
+        "micro": _MICRO,
+        "micro-ngram": dict(_MICRO, ngram_max=3, ngram_buckets=4096),
         "tiny": dict(
             patch_size=4,
             n_global_layers=6,
@@ -204,9 +129,8 @@ def num_patches(seq_len: int, patch_size: int) -> int:
     },
     cpu_presets=("nano",),
 )
-class BytePatch(LumiModel):
+class BytePatch(LumiModel[BytePatchConfig]):
     config_class = BytePatchConfig
-    config: BytePatchConfig
     check_overfit_lr = 1e-2  # 40 Adam steps at the default 3e-3 are too few for two stacks
 
     def __init__(self, config: BytePatchConfig) -> None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumi.errors import LumiError
+from lumi.models.base import check_choice
 
 
 class RMSNorm(nn.Module):
@@ -180,8 +181,12 @@ class Attention(nn.Module):
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = causal_attention(q, k, v, self.dropout if self.training else 0.0, self.use_flash_attn)
+        y = self.attend(q, k, v)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Heads [B, H, T, D] after RoPE and the KV cache; a subclass swaps the mask (sliding window)."""
+        return causal_attention(q, k, v, self.dropout if self.training else 0.0, self.use_flash_attn)
 
     def num_matmul_params(self) -> int:
         return sum(m.weight.numel() for m in (self.q_proj, self.k_proj, self.v_proj, self.o_proj))
@@ -195,8 +200,7 @@ class MLP(nn.Module):
 
     def __init__(self, d_model: int, hidden: int, activation: str = "swiglu", dropout: float = 0.0) -> None:
         super().__init__()
-        if activation not in MLP_ACTIVATIONS:
-            raise LumiError(f"mlp activation must be one of {', '.join(MLP_ACTIVATIONS)}, got {activation!r}")
+        check_choice("mlp activation", activation, MLP_ACTIVATIONS)
         self.activation = activation
         self.up_proj = nn.Linear(d_model, hidden, bias=False)
         self.gate_proj = nn.Linear(d_model, hidden, bias=False) if activation == "swiglu" else None

@@ -13,14 +13,16 @@ activation changes the parameter count; the report shows it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from typing_extensions import TypeVar
 
 from lumi.errors import LumiError
-from lumi.models.base import LumiModel, ModelConfig
+from lumi.models.base import LumiModel, ModelConfig, check_choice
 from lumi.models.layers import (
     MLP,
     MLP_ACTIVATIONS,
@@ -82,47 +84,57 @@ class LlamaConfig(ModelConfig):
             raise LumiError(f"head_dim must be even for RoPE, got {self.dim_head}")
         if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads):
             raise LumiError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads}")
-        if self.mlp not in MLP_ACTIVATIONS:
-            raise LumiError(f"mlp must be one of {', '.join(MLP_ACTIVATIONS)}, got {self.mlp!r}")
-        if self.attention not in ATTENTION_BACKENDS:
-            raise LumiError(
-                f"attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}"
-            )
+        check_choice("mlp", self.mlp, MLP_ACTIVATIONS)
+        check_choice("attention", self.attention, ATTENTION_BACKENDS)
         if not 0.0 <= self.dropout < 1.0:
             raise LumiError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.logit_softcap is not None and self.logit_softcap <= 0:
             raise LumiError(f"logit_softcap must be positive or null (off), got {self.logit_softcap}")
 
 
-class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+def block_attention(c: LlamaConfig, cls: type[Attention] = Attention, **kwargs: Any) -> Attention:
+    """The attention layer of a llama ``Block``; ``cls`` swaps the class (sliding window) and ``kwargs``
+    add arguments (``use_rope=False``, ``window=...``)."""
+    return cls(
+        c.d_model,
+        c.n_heads,
+        c.kv_heads,
+        c.dim_head,
+        c.rope_theta,
+        c.qk_norm,
+        c.dropout,
+        use_flash_attn=c.attention == "flash_attn",
+        norm_eps=c.norm_eps,
+        **kwargs,
+    )
 
-    def __init__(self, c: LlamaConfig, mlp: nn.Module | None = None) -> None:
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    Variants pass their own ``attn`` (MLA, NoPE) or ``mlp`` (MoE experts); the default is llama's."""
+
+    def __init__(self, c: LlamaConfig, attn: nn.Module | None = None, mlp: nn.Module | None = None) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.attn = Attention(
-            c.d_model,
-            c.n_heads,
-            c.kv_heads,
-            c.dim_head,
-            c.rope_theta,
-            c.qk_norm,
-            c.dropout,
-            use_flash_attn=c.attention == "flash_attn",
-            norm_eps=c.norm_eps,
-        )
+        self.attn = attn if attn is not None else block_attention(c)
         self.mlp_norm = RMSNorm(c.d_model, c.norm_eps)
         self.mlp = mlp if mlp is not None else MLP(c.d_model, c.ffn, c.mlp, c.dropout)
         self.resid_dropout = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Any = None) -> torch.Tensor:
+        """``cache``: the attention layer's own (a ``LayerKVCache`` for llama's), or None."""
         x = x + self.resid_dropout(self.attn(self.attn_norm(x), cache))
         return x + self.mlp(self.mlp_norm(x))
 
 
+def llama_attention_matmul_params(c: LlamaConfig) -> int:
+    """Weights of q, k, v and o in one layer (grouped k/v when n_kv_heads < n_heads)."""
+    return c.d_model * c.n_heads * c.dim_head * 2 + c.d_model * c.kv_heads * c.dim_head * 2
+
+
 def llama_layer_matmul_params(c: LlamaConfig) -> int:
-    attn = c.d_model * c.n_heads * c.dim_head * 2 + c.d_model * c.kv_heads * c.dim_head * 2
-    return attn + mlp_params(c.d_model, c.ffn, c.mlp)
+    return llama_attention_matmul_params(c) + mlp_params(c.d_model, c.ffn, c.mlp)
 
 
 def llama_param_formula(c: LlamaConfig) -> dict[str, int]:
@@ -136,6 +148,28 @@ def llama_param_formula(c: LlamaConfig) -> dict[str, int]:
 def attention_flops_per_token(n_layers: int, seq_len: int, qk_dim: int, v_dim: int) -> float:
     """Training FLOPs per token of attention scores and weighted values over the full T x T."""
     return 3.0 * n_layers * (2 * seq_len * qk_dim + 2 * seq_len * v_dim)
+
+
+def llama_flops_per_token(c: LlamaConfig, seq_len: int, layer_matmul: int, depth: int | None = None) -> float:
+    """Training FLOPs per token of a llama-shaped stack: 6 x (``depth`` layers of ``layer_matmul``
+    weights + the V x d head) + attention over the full T x T in every layer (depth: n_layers)."""
+    depth = c.n_layers if depth is None else depth
+    width = c.n_heads * c.dim_head
+    return 6.0 * (depth * layer_matmul + c.vocab_size * c.d_model) + attention_flops_per_token(
+        depth, seq_len, width, width
+    )
+
+
+def read_out(
+    h: torch.Tensor, embed: nn.Embedding, lm_head: nn.Linear | None, cap: float | None
+) -> torch.Tensor:
+    """Logits from final states: the untied ``lm_head``, else the (tied) embedding matrix; then soft-cap."""
+    out = F.linear(h, embed.weight) if lm_head is None else lm_head(h)
+    return softcap(out, cap)
+
+
+# The config type of a Llama (sub)class: ``class MoE(Llama[MoEConfig])``; a bare ``Llama`` has a LlamaConfig.
+LlamaConfigT = TypeVar("LlamaConfigT", bound=LlamaConfig, default=LlamaConfig)
 
 
 @register(
@@ -155,11 +189,10 @@ def attention_flops_per_token(n_layers: int, seq_len: int, qk_dim: int, v_dim: i
     },
     cpu_presets=("nano", "micro"),
 )
-class Llama(LumiModel):
+class Llama(LumiModel[LlamaConfigT]):
     config_class = LlamaConfig
-    config: LlamaConfig
 
-    def __init__(self, config: LlamaConfig) -> None:
+    def __init__(self, config: LlamaConfigT) -> None:
         super().__init__(config)
         c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
@@ -196,15 +229,10 @@ class Llama(LumiModel):
         return self.norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        out = F.linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h)
-        return softcap(out, self.config.logit_softcap)
+        return read_out(h, self.embed, self.lm_head, self.config.logit_softcap)
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         return self.logits(self.hidden_states(tokens, cache))
 
     def flops_per_token(self, seq_len: int) -> float:
-        c = self.config
-        matmul = c.n_layers * llama_layer_matmul_params(c) + c.vocab_size * c.d_model
-        return 6.0 * matmul + attention_flops_per_token(
-            c.n_layers, seq_len, c.n_heads * c.dim_head, c.n_heads * c.dim_head
-        )
+        return llama_flops_per_token(self.config, seq_len, llama_layer_matmul_params(self.config))

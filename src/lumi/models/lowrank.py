@@ -1,32 +1,11 @@
 """`lowrank`: every linear layer of the llama blocks as U diag(s) V^T ("Eigenweight", PR #1589).
 
-Source: parameter-golf PR #1589 (nnm2602), "Eigenweight": every linear is U.diag(sigma).V^T with U
-and V trained by Muon and sigma by Adam; ranks 64/128/256 at d=512 gave 1.4997/1.4171/1.3643 BPB
-vs 1.3094 dense, and MLP rank mattered more than attention rank.
-
-What is implemented: the `llama` model with each of the seven block linears (q, k, v, o; gate, up,
-down) replaced by ``LowRankLinear``: y = U diag(s) V^T x with U [out, r], s [r], V^T [r, in];
-``attn_rank`` sets r for q/k/v/o and ``mlp_rank`` for the MLP. Parameters per layer r(m + n) + r,
-forward FLOPs per token 2 r (m + n) (the diag(s) scaling is elementwise and, by the convention,
-free). The rank used is min(rank, min(m, n)) — a larger rank cannot express more — and ``null``
-means full rank; at full rank the factorisation represents any dense layer, and
-``load_dense_weights`` SVD-initialises from a dense llama (tested: logits equal within fp32
-rounding).
-
-Choices (stated; the rank ones are config fields):
-
-- The token embedding and the output head stay dense: the embedding is a lookup, not a matmul, and
-  the head is the model's read-out (tied to the embedding in PR #1589's baseline, so it was never
-  factorised there). Norm weights stay as they are.
-- Init (``factor_init``): "orthogonal" (default) draws U and V with random orthonormal columns and
-  sets every s_k = std * sqrt(max(m, n)), the root-mean-square singular value of a dense N(0, std)
-  draw, so at full rank W has the dense draw's Frobenius norm (a scaled orthogonal init) and at
-  rank r it keeps r/min(m, n) of it; "svd" takes the best rank-r approximation (truncated SVD) of
-  an actual dense draw (same distribution as llama at full rank, but an SVD per matrix makes
-  building ~5x slower). std is llama's (residual output projections 0.02/sqrt(2L));
-  ``zero_init_proj`` zeros their s.
-- The optimizer split of PR #1589 (Muon for U, V; Adam for s) is a training choice outside the
-  model; Lumi's trainer treats U, V, s like any other parameters.
+Source: parameter-golf PR #1589 (nnm2602), "Eigenweight": every linear is U.diag(sigma).V^T. Here each
+of the seven block linears (q, k, v, o; gate, up, down) is a ``LowRankLinear`` of rank ``attn_rank``
+(attention) or ``mlp_rank`` (MLP), clamped to min(m, n); ``null`` means full rank, where
+``load_dense_weights`` SVD-initialises from a dense llama and reproduces its logits. The embedding,
+the head and the norms stay dense; causality is llama's (only the matrices change).
+Details (init, formulas, presets): docs/architectures/lowrank.md.
 """
 
 from __future__ import annotations
@@ -39,8 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumi.errors import LumiError
+from lumi.models.base import check_choice
 from lumi.models.layers import init_linear_weights
-from lumi.models.llama import Block, Llama, LlamaConfig, attention_flops_per_token
+from lumi.models.llama import Block, Llama, LlamaConfig, llama_flops_per_token
 from lumi.models.registry import register
 
 ATTN_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -61,8 +41,7 @@ class LowRankConfig(LlamaConfig):
             r = getattr(self, name)
             if r is not None and r < 1:
                 raise LumiError(f"{name} must be >= 1 or null (full rank), got {r}")
-        if self.factor_init not in FACTOR_INITS:
-            raise LumiError(f"factor_init must be one of {', '.join(FACTOR_INITS)}, got {self.factor_init!r}")
+        check_choice("factor_init", self.factor_init, FACTOR_INITS)
 
 
 class LowRankLinear(nn.Module):
@@ -168,9 +147,8 @@ def lowrank_param_formula(c: LowRankConfig) -> dict[str, int]:
     },
     cpu_presets=("nano", "micro"),
 )
-class LowRank(Llama):
+class LowRank(Llama[LowRankConfig]):
     config_class = LowRankConfig
-    config: LowRankConfig
 
     def make_block(self, layer_idx: int) -> nn.Module:
         return _factorise_block(Block(self.config), self.config)
@@ -207,8 +185,4 @@ class LowRank(Llama):
                 param.copy_(value)
 
     def flops_per_token(self, seq_len: int) -> float:
-        c = self.config
-        matmul = c.n_layers * lowrank_layer_matmul_params(c) + c.vocab_size * c.d_model
-        return 6.0 * matmul + attention_flops_per_token(
-            c.n_layers, seq_len, c.n_heads * c.dim_head, c.n_heads * c.dim_head
-        )
+        return llama_flops_per_token(self.config, seq_len, lowrank_layer_matmul_params(self.config))

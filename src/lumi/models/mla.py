@@ -1,29 +1,12 @@
 """`mla`: multi-head latent attention with decoupled RoPE (DeepSeek-V2, arXiv 2405.04434, §2.1).
 
-The `llama` baseline with its attention replaced by MLA, per layer and per token h:
-
-- KV latent ``c_kv = W_DKV h`` (width ``kv_latent`` = d_c), RMS-normalised (``latent_norm``);
-  per-head content keys ``k_c = W_UK c_kv`` and values ``v = W_UV c_kv``.
-- Queries: full rank ``q = W_Q h`` (``q_latent=None``) or through a query latent
-  ``c_q = W_DQ h`` (width ``q_latent``, normalised like c_kv), ``q = W_UQ c_q``. Each head's query
-  has a content part (``head_dim``) and a rotary part (``rope_dim`` = d_h^R).
-- Decoupled RoPE key ``k_R = RoPE(W_KR h)`` of width ``rope_dim``, shared by all heads.
-- Scores on the concatenation [q_c; RoPE(q_R)] . [k_c; k_R], scaled by 1/sqrt(head_dim + rope_dim),
-  causal softmax, then ``W_O`` over the concatenated heads.
-- The decoding cache (``new_cache()``, ``forward(tokens, cache)``) holds ONLY c_kv and k_R:
-  ``n_layers * (kv_latent + rope_dim)`` numbers per token, vs ``2 * n_layers * G * head_dim`` for
-  llama's KV cache.
-- ``absorb=True`` runs the absorbed form: W_UK is folded into the query (q_c W_UK,h scores directly
-  against c_kv) and attention-weighted latents are mapped through W_UV,h afterwards, so keys and
-  values are never materialised. It gives the same function as the explicit form (tested) with a
-  different FLOPs count (``flops_per_token`` follows the form in use).
-
-Choices where the paper or its code is open (config fields): ``latent_norm`` (DeepSeek-V2's code
-normalises both latents; default on), ``q_latent`` (None: full-rank queries, as in the paper's small
-models and PR #1589), ``rope_dim`` (the paper uses head_dim/2), ``kv_latent``; the RoPE parts use
-Lumi's half-split RoPE layout. ``n_kv_heads`` and ``qk_norm`` do not apply (MLA replaces GQA and
-has latent norms) and are rejected. Not implemented: DeepSeek's YaRN scaling, MoE layers, and
-absorbing W_UV into W_O (W_UV is applied per head instead; same function, more FLOPs).
+The `llama` baseline with its attention replaced by MLA: per-head keys and values are up-projected
+from a normalised KV latent ``c_kv`` (width ``kv_latent``), and position enters only through a
+decoupled rotary key ``k_R`` (width ``rope_dim``, shared by all heads) and each query's rotary part.
+The decoding cache holds ONLY c_kv and k_R: n_layers * (kv_latent + rope_dim) numbers per token.
+``absorb=True`` folds W_UK into the query and attends over the latent: the same function (tested),
+other FLOPs. Attention is causal, the Tq queries being the last Tq of the Tk cached positions.
+Details: docs/architectures/mla.md.
 """
 
 from __future__ import annotations
@@ -36,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumi.errors import LumiError
-from lumi.models.layers import MLP, KVCache, RMSNorm, RotaryEmbedding, mlp_params
-from lumi.models.llama import Llama, LlamaConfig
+from lumi.models.layers import KVCache, RMSNorm, RotaryEmbedding, mlp_params
+from lumi.models.llama import Block, Llama, LlamaConfig
 from lumi.models.registry import register
 
 
@@ -171,20 +154,6 @@ class MultiHeadLatentAttention(nn.Module):
         return torch.matmul(y_lat, w_uv.transpose(1, 2))  # [B, H, T, dh]
 
 
-class MLABlock(nn.Module):
-    def __init__(self, c: MLAConfig) -> None:
-        super().__init__()
-        self.attn_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.attn = MultiHeadLatentAttention(c)
-        self.mlp_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.mlp = MLP(c.d_model, c.ffn, c.mlp, c.dropout)
-        self.resid_dropout = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, cache: MLALayerCache | None = None) -> torch.Tensor:
-        x = x + self.resid_dropout(self.attn(self.attn_norm(x), cache))
-        return x + self.mlp(self.mlp_norm(x))
-
-
 def mla_attention_matmul_params(c: MLAConfig) -> int:
     """Weights of every MLA projection in one layer (no norms)."""
     qk_out = c.n_heads * (c.dim_head + c.rope_dim)
@@ -235,12 +204,11 @@ def mla_flops_per_token(c: MLAConfig, seq_len: int) -> float:
     },
     cpu_presets=("nano", "micro"),
 )
-class MLA(Llama):
+class MLA(Llama[MLAConfig]):
     config_class = MLAConfig
-    config: MLAConfig
 
     def make_block(self, layer_idx: int) -> nn.Module:
-        return MLABlock(self.config)
+        return Block(self.config, attn=MultiHeadLatentAttention(self.config))
 
     def new_cache(self) -> KVCache:
         return KVCache(layers=[MLALayerCache() for _ in self.blocks])

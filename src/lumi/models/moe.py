@@ -2,46 +2,13 @@
 
 Sources: Switch Transformer (Fedus et al., 2021: router, load-balancing loss, capacity factor),
 GShard / Mixtral (top-2 routing, gates renormalised over the chosen experts), ST-MoE (Zoph et al.,
-2022: router z-loss). ARCHITECTURES.md §3 and §5.6.
+2022: router z-loss). Each token goes to its ``top_k`` most probable experts (llama MLPs of width
+``expert_hidden``); ``aux_losses()`` holds the Switch balance loss and the optional z-loss.
 
-What is implemented, per layer (everything else is exactly ``llama``):
-
-- router ``softmax(W_r x)`` over ``n_experts`` (a bias-free linear, computed in float32 even under
-  autocast, as Switch recommends for stability); each token goes to its ``top_k`` experts;
-- gates = the chosen router probabilities, renormalised to sum to 1 (``renormalize_gates``; with
-  ``top_k = 1`` this makes the gate exactly 1, so the router then learns only from the auxiliary
-  losses — set it False for the Switch form, where the gate is the raw probability);
-- experts are ordinary llama MLPs (``mlp`` activation) of width ``expert_hidden``;
-- Switch load-balancing loss ``load_balance_weight * E * sum_i f_i * P_i`` with f_i the fraction of
-  (token, slot) assignments routed to expert i (counted before capacity dropping, divided by
-  ``top_k`` so the f_i sum to 1) and P_i the mean router probability of expert i. It equals the
-  weight exactly whenever the router probabilities are uniform. The model-level value is the mean
-  over layers (as HF Mixtral does), so it equals the weight under uniform routing too;
-- optional ST-MoE z-loss ``z_loss_weight * mean(logsumexp(router logits)^2)`` (mean over layers);
-- optional capacity: each expert takes at most ``ceil(capacity_factor * N * top_k / E)`` of the N
-  tokens in the batch; overflowing assignments contribute nothing, so a token dropped by all its
-  experts passes through the residual path only. ``stats()["dropped_frac"]`` is the fraction of
-  assignments dropped.
-
-The causality trap of capacity, and how it is avoided: the usual implementation fills expert
-queues in the order of the flattened batch [B*T] (or top-1 choices of every token before any top-2
-choice). Then a *later* token can take the slot an earlier token would have had, so whether token t
-is dropped — and therefore its logits — depends on the future. Here the queues are filled in
-position-major order: every token at position 0 (all batch rows, all k slots), then position 1, and
-so on. A token's queue position then counts only assignments at positions <= t, so its fate depends
-only on tokens <= t (it still depends on other batch rows at positions <= t, as in every capacity
-MoE, and the capacity depends on the batch size and length). ``tests/test_zoo_moe.py`` checks the
-perturbation-causality at every t with a capacity small enough to drop tokens.
-
-Not implemented: expert parallelism, router jitter/noise, shared experts, MoE only in every k-th
-layer, a separate evaluation capacity factor (the same capacity applies in training and eval, and
-in cached decoding it is applied per call, so leave capacity off when comparing cached generation).
-
-Parameters per layer: attention (as llama) + E * expert MLP + d * E router + 2 d norms.
-Active parameters: total - n_layers * (E - top_k) * expert MLP.
-FLOPs/token (training, 3 x forward): 6 * [n_layers * (attention matmuls + top_k * expert MLP
-matmuls + d * E router) + V * d head] + llama's attention term. Exact when nothing is dropped;
-with capacity dropping it is an upper bound (dropped assignments run no expert).
+Causality with a capacity limit: expert queues are filled in position-major order (every batch row at
+position 0, then position 1, ...), so whether token t is dropped depends only on tokens at positions
+<= t; the usual batch-major order would let a later token take its slot. Details, formulas and
+presets: docs/architectures/moe.md.
 """
 
 from __future__ import annotations
@@ -57,7 +24,7 @@ from torch import nn
 from lumi.errors import LumiError
 from lumi.models.base import ParamCounts
 from lumi.models.layers import MLP, mlp_params
-from lumi.models.llama import Block, Llama, LlamaConfig, attention_flops_per_token
+from lumi.models.llama import Block, Llama, LlamaConfig, llama_attention_matmul_params, llama_flops_per_token
 from lumi.models.registry import register
 
 
@@ -178,9 +145,12 @@ class MoEMLP(nn.Module):
 
 def moe_layer_matmul_params(c: MoEConfig, active: bool) -> int:
     """Matmul weights of one layer: attention + (top_k or all) experts + router."""
-    attn = c.d_model * c.n_heads * c.dim_head * 2 + c.d_model * c.kv_heads * c.dim_head * 2
     n_exp = c.top_k if active else c.n_experts
-    return attn + n_exp * mlp_params(c.d_model, c.expert_width, c.mlp) + c.d_model * c.n_experts
+    return (
+        llama_attention_matmul_params(c)
+        + n_exp * mlp_params(c.d_model, c.expert_width, c.mlp)
+        + c.d_model * c.n_experts
+    )
 
 
 def moe_param_formula(c: MoEConfig) -> dict[str, int]:
@@ -203,9 +173,8 @@ def moe_param_formula(c: MoEConfig) -> dict[str, int]:
     },
     cpu_presets=("nano", "micro"),
 )
-class MoE(Llama):
+class MoE(Llama[MoEConfig]):
     config_class = MoEConfig
-    config: MoEConfig
 
     def make_block(self, layer_idx: int) -> nn.Module:
         return Block(self.config, mlp=MoEMLP(self.config))
@@ -244,8 +213,4 @@ class MoE(Llama):
         )
 
     def flops_per_token(self, seq_len: int) -> float:
-        c = self.config
-        matmul = c.n_layers * moe_layer_matmul_params(c, active=True) + c.vocab_size * c.d_model
-        return 6.0 * matmul + attention_flops_per_token(
-            c.n_layers, seq_len, c.n_heads * c.dim_head, c.n_heads * c.dim_head
-        )
+        return llama_flops_per_token(self.config, seq_len, moe_layer_matmul_params(self.config, active=True))

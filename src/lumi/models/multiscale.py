@@ -1,37 +1,13 @@
 """`multiscale`: causal multi-scale averaging in place of attention (the LUMI-Arch family).
 
-Source: Mikeore/lumi-arch-research (notes only, no code published). Commit 68c2d57 discloses the
-mechanism as "Causal Multi-Scale Averaging": causal means over the last 1/4/16/64 tokens fused
-with learned weights, sparse attention every 4th layer, and no position encoding anywhere.
+Source: Mikeore/lumi-arch-research (notes only, no code; commit 68c2d57 discloses "Causal Multi-Scale
+Averaging"). The `llama` stack where most layers replace attention by a mixer: causal means of a value
+projection over the last w positions for every w in ``windows`` (default 1,4,16,64), fused with learned
+softmax weights; every ``attn_every``-th layer is causal attention without positional encoding (NoPE).
 
-What is implemented (a pre-norm residual stack like `llama`):
-
-- mixer layers: ``v = W_v x`` (a value projection, ``value_proj``), for every window w the causal
-  mean ``m_w[t] = mean(v[t-w+1 .. t])``, fused as ``sum_w a_w * m_w`` with learned fusion weights
-  ``a = softmax(scale_logits)`` taken over the scales (``fusion="channel"``: one weight per scale
-  and channel; ``"scalar"``: one per scale), then an output projection ``W_o``. Fusion logits start
-  at 0, i.e. a plain average of the scales.
-- attention layers: every ``attn_every``-th layer (layers attn_every-1, 2*attn_every-1, ...) is full
-  causal multi-head attention with NO positional encoding (NoPE); ``attn_every=0`` = none.
-- MLP, norms, init, embeddings/head exactly as in `llama` (they reuse its config fields).
-
-Choices where the public description is open (each is a config field):
-
-- ``windows`` ("1,4,16,64"): the averaging windows.
-- ``early_positions``: near the sequence start a window is truncated. ``"available"`` (default)
-  divides by the number of positions that exist, min(w, t+1), so every scale is a true mean;
-  ``"zero_pad"`` divides by w, as if the sequence were preceded by zeros.
-- ``fusion``: "channel" (default) or "scalar" softmax-normalised, input-independent weights.
-- ``value_proj``: whether the averages run over a learned value projection (default) or over the
-  normalised residual stream directly.
-
-The means are cumulative-sum differences, O(T) per channel and computed in float32. They are not
-matmuls, so under the FLOPs convention they count 0 FLOPs (FlopCounterMode does not count cumsum
-or elementwise ops either); the fusion multiply-add is elementwise and likewise uncounted.
-
-Not implemented: the LUMI paper's exact widths, its "sparse FlashAttention" kernel details, and any
-part of its training recipe. Cached decoding is supported (mixer layers keep the last
-max(windows)-1 values, attention layers a KV cache).
+Causality: the mean at t covers positions max(0, t-w+1)..t only (prefix-sum differences in float32);
+cached decoding keeps the last max(windows)-1 values. The means and the fusion are elementwise, so
+they count 0 FLOPs. Details and the parameter matching with llama: docs/architectures/multiscale.md.
 """
 
 from __future__ import annotations
@@ -42,8 +18,16 @@ import torch
 from torch import nn
 
 from lumi.errors import LumiError
-from lumi.models.layers import MLP, Attention, KVCache, LayerKVCache, RMSNorm, mlp_params
-from lumi.models.llama import Llama, LlamaConfig, attention_flops_per_token
+from lumi.models.base import check_choice
+from lumi.models.layers import MLP, KVCache, LayerKVCache, RMSNorm, mlp_params
+from lumi.models.llama import (
+    Block,
+    Llama,
+    LlamaConfig,
+    attention_flops_per_token,
+    block_attention,
+    llama_attention_matmul_params,
+)
 from lumi.models.registry import register
 
 FUSIONS = ("channel", "scalar")
@@ -74,12 +58,8 @@ class MultiScaleConfig(LlamaConfig):
         parse_windows(self.windows)
         if self.attn_every < 0:
             raise LumiError(f"attn_every must be >= 0 (0 = no attention layers), got {self.attn_every}")
-        if self.fusion not in FUSIONS:
-            raise LumiError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
-        if self.early_positions not in EARLY_POSITIONS:
-            raise LumiError(
-                f"early_positions must be one of {', '.join(EARLY_POSITIONS)}, got {self.early_positions!r}"
-            )
+        check_choice("fusion", self.fusion, FUSIONS)
+        check_choice("early_positions", self.early_positions, EARLY_POSITIONS)
         if self.attention != "sdpa":
             raise LumiError(f"attention must be 'sdpa' for multiscale, got {self.attention!r}")
 
@@ -168,33 +148,11 @@ class MultiScaleBlock(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class NoPEBlock(nn.Module):
+class NoPEBlock(Block):
     """The llama block with full causal attention and no positional encoding at all."""
 
     def __init__(self, c: MultiScaleConfig) -> None:
-        super().__init__()
-        self.attn_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.attn = Attention(
-            c.d_model,
-            c.n_heads,
-            c.kv_heads,
-            c.dim_head,
-            qk_norm=c.qk_norm,
-            dropout=c.dropout,
-            use_rope=False,
-            norm_eps=c.norm_eps,
-        )
-        self.mlp_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.mlp = MLP(c.d_model, c.ffn, c.mlp, c.dropout)
-        self.resid_dropout = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
-
-    def forward(self, x: torch.Tensor, cache: LayerKVCache | None = None) -> torch.Tensor:
-        x = x + self.resid_dropout(self.attn(self.attn_norm(x), cache))
-        return x + self.mlp(self.mlp_norm(x))
-
-
-def attention_layer_matmul_params(c: MultiScaleConfig) -> int:
-    return 2 * c.d_model * c.n_heads * c.dim_head + 2 * c.d_model * c.kv_heads * c.dim_head
+        super().__init__(c, attn=block_attention(c, use_rope=False))
 
 
 def mixer_layer_matmul_params(c: MultiScaleConfig) -> int:
@@ -207,7 +165,7 @@ def multiscale_param_formula(c: MultiScaleConfig) -> dict[str, int]:
     n_mix = c.n_layers - n_attn
     fusion = len(c.window_sizes) * (c.d_model if c.fusion == "channel" else 1)
     common = mlp_params(c.d_model, c.ffn, c.mlp) + 2 * c.d_model
-    attn_layer = attention_layer_matmul_params(c) + common + (2 * c.dim_head if c.qk_norm else 0)
+    attn_layer = llama_attention_matmul_params(c) + common + (2 * c.dim_head if c.qk_norm else 0)
     mix_layer = mixer_layer_matmul_params(c) + fusion + common
     embedding = c.vocab_size * c.d_model * (1 if c.tie_embeddings else 2)
     total = n_attn * attn_layer + n_mix * mix_layer + c.d_model + embedding
@@ -232,9 +190,8 @@ def multiscale_param_formula(c: MultiScaleConfig) -> dict[str, int]:
     },
     cpu_presets=("nano", "micro"),
 )
-class MultiScale(Llama):
+class MultiScale(Llama[MultiScaleConfig]):
     config_class = MultiScaleConfig
-    config: MultiScaleConfig
 
     def make_block(self, layer_idx: int) -> nn.Module:
         c = self.config
@@ -255,7 +212,7 @@ class MultiScale(Llama):
         n_mix = c.n_layers - n_attn
         mlp = mlp_params(c.d_model, c.ffn, c.mlp)
         matmul = (
-            n_attn * (attention_layer_matmul_params(c) + mlp)
+            n_attn * (llama_attention_matmul_params(c) + mlp)
             + n_mix * (mixer_layer_matmul_params(c) + mlp)
             + c.vocab_size * c.d_model
         )

@@ -1,34 +1,15 @@
-"""`pause`: llama with learned pause embeddings inserted inside the model.
+"""`pause`: llama with learned pause vectors inserted inside the model.
 
-Sources: Goyal et al., "Think before you speak: training language models with pause tokens"
-(ICLR 2024); parameter-golf PR #1589 (4 learned pauses after every 64 real tokens). See
-ARCHITECTURES.md §1.4 and §3.
+Sources: Goyal et al., "Think before you speak: training language models with pause tokens" (ICLR
+2024); parameter-golf PR #1589 (4 learned pauses after every 64 real tokens). After every
+``pause_every`` real tokens, ``n_pause`` learned vectors are inserted into the embedded sequence and the
+llama stack runs on that longer internal sequence; the model still returns one prediction per real
+position, and a position followed by a pause group reads its logits at the group's last pause.
 
-What is implemented: after every ``pause_every`` real tokens, ``n_pause`` learned vectors (one per
-slot of the group, never predicted, not in the vocabulary) are inserted into the embedded sequence,
-and the llama stack runs on that longer *internal* sequence. RoPE counts the pauses as positions
-(internal positions are simply 0..L-1). The model still returns exactly one prediction per real
-input position, so the loss and BPB count real tokens only without any masking.
-
-Where each prediction is read (the choice PR #1589 got backwards): the real position t whose next
-token follows a pause group — t = k * pause_every - 1 — reads its logits at the LAST PAUSE of that
-group, so the pauses sit between the last seen token and the prediction and add computation for it
-(Goyal-style delayed answering). Every other position reads its own state. In PR #1589 the pauses
-followed t63 but t64 was predicted at t63, so the pauses only served later tokens as memory slots.
-A group is also inserted after the last real token when T is a multiple of ``pause_every``, so the
-prediction at any position is the same whatever length the input has (generation included).
 Causality: the output for real position t reads internal position <= (index of t) + n_pause, and the
-first internal position holding a real token > t lies beyond it; tests check every t.
-
-Choices (config fields): ``n_pause`` (default 2), ``pause_every`` (default 16), the pause vectors are
-initialised like token embeddings (N(0, init_std)) and count as embedding parameters.
-Not implemented: random pause insertion during pretraining, pause fine-tuning, a KV cache.
-
-Parameters: llama's + n_pause * d_model.
-Throughput cost: the stack runs on L = T + n_pause * floor(T / pause_every) positions;
-``stats()["internal_len_ratio"]`` = L / T. FLOPs per real token (training, 3 x forward) =
-(L / T) * [6 * n_layers * layer matmuls + attention over the full L x L] + 6 * V * d (head at real
-positions only).
+first internal position holding a real token > t lies beyond it (tests check every t). A group also
+follows the last token when T is a multiple of pause_every, so no prediction depends on T.
+Details: docs/architectures/pause.md.
 """
 
 from __future__ import annotations
@@ -36,19 +17,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lumi.errors import LumiError
 from lumi.models.base import LumiModel
-from lumi.models.layers import RMSNorm, init_linear_weights, scale_residual_projections, softcap
+from lumi.models.layers import RMSNorm, init_linear_weights, scale_residual_projections
 from lumi.models.llama import (
     Block,
     LlamaConfig,
     attention_flops_per_token,
     llama_layer_matmul_params,
     llama_param_formula,
+    read_out,
 )
 from lumi.models.registry import register
 
@@ -111,9 +92,8 @@ def pause_param_formula(c: PauseConfig) -> dict[str, int]:
     },
     cpu_presets=("nano", "micro"),
 )
-class Pause(LumiModel):
+class Pause(LumiModel[PauseConfig]):
     config_class = PauseConfig
-    config: PauseConfig
 
     def __init__(self, config: PauseConfig) -> None:
         super().__init__(config)
@@ -150,8 +130,7 @@ class Pause(LumiModel):
                 x = block(x)
         self._last_ratio = source.numel() / t
         h = self.norm(x.index_select(1, read))  # [B, T, d]: one state per real position
-        out = F.linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h)
-        return softcap(out, c.logit_softcap)
+        return read_out(h, self.embed, self.lm_head, c.logit_softcap)
 
     def stats(self) -> dict[str, float]:
         return {"internal_len_ratio": self._last_ratio}

@@ -1,30 +1,11 @@
 """`recurrent`: depth recurrence — a span of `llama` layers re-applied with learned per-pass scales.
 
-Source: parameter-golf PR #686 (msisovic, "Depth Recurrence (layers 4 and 5 repeated)": layers
-4,5 of 11 each executed twice, pattern 0..5,4,5,6..10, "independent learnable block scalars" per
-virtual layer, ~2K extra parameters) and its use in PR #1589 (layers 3,4 twice: 1.3226 BPB).
-
-What is implemented: the `llama` model whose layers [loop_start, loop_end) run ``loops`` times in
-sequence (pattern 0..e-1, s..e-1, ..., e..L-1). The first pass is the plain llama block. Every
-extra pass p >= 2 of every looped block has its own learned scales on the two residual branches,
-``x + a_p * attn(norm(x))`` and ``x + m_p * mlp(norm(x))``; the blocks' weights are shared between
-passes. With loops = 1 there are no extra parameters, the parameter names are llama's, and the
-forward is llama's exactly (a llama state_dict loads strictly and gives identical logits).
-
-Choices where the source is open (config fields):
-
-- ``per_channel_scales`` (default True): each scale is a d_model vector, as PR #686's baseline block
-  scalars are; False uses one scalar per branch and pass.
-- ``pass_scale_init`` (default 1.0): 1 = an extra pass starts as a full re-application of the
-  block; 0 = it starts as the identity, so a freshly built model equals llama.
-- ``loop_start``/``loop_end`` default (null) to the middle two layers (or all layers when there are
-  fewer than two).
-- Init: residual output projections are scaled by 1/sqrt(2 * effective depth), as llama's are by
-  its depth, since every virtual layer adds to the residual stream.
-
-Parameters scale with unique depth, FLOPs with effective depth = n_layers + (loops-1) * span
-(reported by ``unique_depth``/``effective_depth`` and in ``stats()``). Not implemented: PR #686's
-other ingredients (U-Net skips, value embeddings, test-time training, quantisation).
+Source: parameter-golf PR #686 (msisovic, "Depth Recurrence": layers 4,5 of 11 executed twice with
+learnable block scalars) and its use in PR #1589. Layers [loop_start, loop_end) run ``loops`` times
+(pattern 0..e-1, s..e-1, ..., e..L-1) with shared weights; every extra pass has its own scales on the
+attention and MLP residual branches. With loops = 1 the model is llama exactly (same parameter names,
+identical logits). Parameters scale with the unique depth, FLOPs with the effective depth.
+Details: docs/architectures/recurrent.md.
 """
 
 from __future__ import annotations
@@ -42,7 +23,7 @@ from lumi.models.llama import (
     Block,
     Llama,
     LlamaConfig,
-    attention_flops_per_token,
+    llama_flops_per_token,
     llama_layer_matmul_params,
     llama_param_formula,
 )
@@ -103,9 +84,8 @@ class RecurrentConfig(LlamaConfig):
     },
     cpu_presets=("nano", "micro"),
 )
-class Recurrent(Llama):
+class Recurrent(Llama[RecurrentConfig]):
     config_class = RecurrentConfig
-    config: RecurrentConfig
 
     def __init__(self, config: RecurrentConfig) -> None:
         super().__init__(config)
@@ -177,11 +157,7 @@ class Recurrent(Llama):
 
     def flops_per_token(self, seq_len: int) -> float:
         c = self.config
-        depth = c.effective_depth
-        matmul = depth * llama_layer_matmul_params(c) + c.vocab_size * c.d_model
-        return 6.0 * matmul + attention_flops_per_token(
-            depth, seq_len, c.n_heads * c.dim_head, c.n_heads * c.dim_head
-        )
+        return llama_flops_per_token(c, seq_len, llama_layer_matmul_params(c), depth=c.effective_depth)
 
 
 def recurrent_param_formula(c: RecurrentConfig) -> dict[str, int]:

@@ -9,7 +9,7 @@ Registering an architecture is one decorator on its class::
 
     @register("llama", presets={"nano": dict(n_layers=2, d_model=64, n_heads=2)},
               description="Decoder-only Transformer baseline")
-    class Llama(LumiModel):
+    class Llama(LumiModel[LlamaConfig]):
         config_class = LlamaConfig
 """
 
@@ -24,7 +24,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lumi.errors import LumiError, closest
 from lumi.io import coerce
@@ -34,7 +34,7 @@ from lumi.models.base import LumiModel, ModelConfig
 @dataclass
 class ModelSpec:
     name: str
-    cls: type[LumiModel]
+    cls: type[LumiModel[Any]]
     description: str
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Presets cheap enough to run `lumi check` on 2 CPU cores (the test suite runs them all).
@@ -45,6 +45,8 @@ class ModelSpec:
     def config_class(self) -> type[ModelConfig]:
         return self.cls.config_class
 
+
+ModelT = TypeVar("ModelT", bound="LumiModel[Any]")
 
 _REGISTRY: dict[str, ModelSpec] = {}
 _BUILTINS_LOADED = False
@@ -72,10 +74,10 @@ def register(
     description: str,
     presets: dict[str, dict[str, Any]] | None = None,
     cpu_presets: tuple[str, ...] | list[str] | None = None,
-) -> Callable[[type[LumiModel]], type[LumiModel]]:
+) -> Callable[[type[ModelT]], type[ModelT]]:
     """Class decorator registering a model under ``name``."""
 
-    def wrap(cls: type[LumiModel]) -> type[LumiModel]:
+    def wrap(cls: type[ModelT]) -> type[ModelT]:
         if not (isinstance(cls, type) and issubclass(cls, LumiModel)):
             raise TypeError(f"@register({name!r}) must decorate a LumiModel subclass")
         if not dataclasses.is_dataclass(cls.config_class):

@@ -1,69 +1,30 @@
 """`spacebyte`: byte Transformer whose wide global blocks run only at word boundaries (SpaceByte).
 
 Source: Slagle, "SpaceByte: Towards Deleting Tokenization from Large Language Modeling" (2024),
-kjslag/spacebyte. Local blocks (width d_local, sliding-window or full causal attention over bytes)
--> global blocks (width d_global) run ONLY at boundary positions -> the remaining local blocks ->
-head.
+kjslag/spacebyte. Local byte blocks -> global blocks (width d_global) run only at boundary positions
+(a spacelike byte after a non-spacelike one, and at most ``max_patch`` positions apart) -> the
+remaining local blocks -> head. ``LocalGlobalModel`` holds the machinery that `bltpatch` reuses.
 
-What is implemented:
-- boundaries: position t is a boundary when byte t is spacelike (not an ASCII letter, digit or UTF-8
-  continuation byte) and byte t-1 is not; position 0 and separator ids (>= 256) always; plus a
-  forced boundary every ``max_patch`` positions after the last one (so no patch is longer);
-- the local stream at the boundary positions is gathered, zero-padded on the left from d_local to
-  d_global channels, run through causal llama blocks (RoPE over the gathered index), and the last
-  d_local channels are added back in place at the same positions (``global_merge``);
-- every position is a prediction and a target: nothing is ignored. SpaceByte ignores the targets
-  beyond its global-context budget (its "ignored fraction") — that drops hard bytes from the BPB
-  denominator. Here the gathered sequence is padded to a fixed length instead, and a boundary
-  beyond the budget is simply not run through the global blocks (its bytes are still predicted, by
-  the local blocks with the global states of the earlier boundaries). ``stats()`` reports the
-  fraction of such boundaries and the mean patch length.
-
-Alignment with Lumi (logits at t predict byte t+1): the global block at boundary position s reads the
-local stream at s, built from bytes 0..s; its output is added at position s, and later local blocks
-carry it to positions >= s by causal attention. The prediction at t therefore uses global states
-of boundaries s <= t only, i.e. of patches whose first byte is at or before t: with the space rule
-the global model runs on the space/punctuation byte that ENDS a word and helps predict the next word.
-Whether s is a boundary depends on bytes s-1 and s (and, for forced boundaries and the budget, on
-boundaries before s) — all <= t. Separator ids are boundaries, so a new document starts a patch.
-
-Choices where the public description is open (config fields):
-- ``global_patch_len`` (P_g): the gathered sequence always has C = ceil(T / P_g) slots (SpaceByte's
-  T_global = T / P budget), so FLOPs are deterministic and matched comparisons fair. Which
-  boundaries fill them is a running budget: by position t at most ceil((t+1) / P_g) boundaries are
-  run globally, earliest first (byte_utils.running_budget). That decision depends on positions <= t
-  only and not on T, so running on a prefix gives exactly the prefix's logits (tested) — a plain
-  "first C boundaries" rule would make early outputs depend on the sequence length.
-- ``global_merge``: "delta" (default) adds the global blocks' residual UPDATE (output - input) to
-  the local stream, so with every position a boundary and d_global = d_local the model is exactly
-  a llama with n_local_before + n_global_layers + n_local_after layers (tested); "output" adds the
-  global OUTPUT itself (the literal reading of SpaceByte's "add back").
-- ``local_window``: sliding attention window in bytes (None: full causal attention).
-- ``ngram_max``: optional hashed n-gram embeddings (n = 2..ngram_max) added to the byte embedding.
-- ``max_patch``: forced maximum patch length.
-Not implemented: SpaceByte's global positional handling details, its learning-rate scheme, and
-the "ignored fraction" (by design).
-
-Parameters: V*d_local (embedding) + ngram tables + V*d_local (head) + (L_before + L_after) *
-block(d_local) + L_g * block(d_global) + d_local (final norm).
-FLOPs/token at length T (3 x forward), C = ceil(T / global_patch_len):
-  forward = (L_before + L_after) (2 M_l + 4 T d_local) + (C / T) L_g (2 M_g + 4 C d_global)
-            + 2 d_local V
-(attention over the full T x T locally, also with a sliding window, and C x C globally — the
-shared convention; a windowed kernel would do less work than counted).
+Causality: the global blocks read the local stream at boundary s (bytes 0..s) and add their output
+back at s, so the prediction at t uses global states of boundaries s <= t only; which boundaries run
+globally is a running budget that depends on positions <= t only, not on T. Every position is
+predicted (SpaceByte's "ignored fraction" is left out). Details: docs/architectures/spacebyte.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from typing_extensions import TypeVar
 
 from lumi.errors import LumiError
-from lumi.models.base import LumiModel, ModelConfig
+from lumi.models.base import LumiModel, check_choice
 from lumi.models.byte_utils import (
+    ByteModelConfig,
     HashNgramEmbedding,
     block_forward_flops,
     block_params,
@@ -77,10 +38,8 @@ from lumi.models.byte_utils import (
     running_budget,
     scatter_add_rows,
     spacelike_boundaries,
-    sub_config,
-    validate_ngrams,
 )
-from lumi.models.layers import MLP_ACTIVATIONS, RMSNorm, init_linear_weights, scale_residual_projections
+from lumi.models.layers import RMSNorm, init_linear_weights, scale_residual_projections
 from lumi.models.llama import Block, LlamaConfig
 from lumi.models.registry import register
 
@@ -88,8 +47,7 @@ GLOBAL_MERGES = ("delta", "output")
 
 
 @dataclass
-class SpaceByteConfig(ModelConfig):
-    vocab_size: int = 257  # the bytes tokenizer: 256 byte values + the document separator (id 256)
+class SpaceByteConfig(ByteModelConfig):
     d_local: int = 32
     n_local_heads: int = 1
     n_local_before: int = 1
@@ -101,15 +59,6 @@ class SpaceByteConfig(ModelConfig):
     max_patch: int = 16
     global_patch_len: int = 4
     global_merge: str = "delta"
-    ngram_max: int = 0
-    ngram_buckets: int = 1024
-    mlp: str = "swiglu"
-    ffn_mult: int = 4
-    qk_norm: bool = False
-    dropout: float = 0.0
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
 
     def validate(self) -> None:
         super().validate()
@@ -121,7 +70,7 @@ class SpaceByteConfig(ModelConfig):
         for name in ("n_local_before", "n_local_after"):
             if getattr(self, name) < 0:
                 raise LumiError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("n_global_layers", "max_patch", "global_patch_len", "ffn_mult"):
+        for name in ("n_global_layers", "max_patch", "global_patch_len"):
             if getattr(self, name) < 1:
                 raise LumiError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.d_global < self.d_local:
@@ -133,35 +82,12 @@ class SpaceByteConfig(ModelConfig):
             raise LumiError(
                 f"local_window must be >= 1 or null (full causal attention), got {self.local_window}"
             )
-        if self.global_merge not in GLOBAL_MERGES:
-            raise LumiError(
-                f"global_merge must be one of {', '.join(GLOBAL_MERGES)}, got {self.global_merge!r}"
-            )
-        if self.mlp not in MLP_ACTIVATIONS:
-            raise LumiError(f"mlp must be one of {', '.join(MLP_ACTIVATIONS)}, got {self.mlp!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise LumiError(f"dropout must be in [0, 1), got {self.dropout}")
-        validate_ngrams(self.ngram_max, self.ngram_buckets)
+        check_choice("global_merge", self.global_merge, GLOBAL_MERGES)
         self.local_config()
         self.global_config()
 
-    def _stack(self, d: int, n_layers: int, n_heads: int, field: str) -> LlamaConfig:
-        return sub_config(
-            d_model=d,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            mlp=self.mlp,
-            ffn_mult=self.ffn_mult,
-            qk_norm=self.qk_norm,
-            norm_eps=self.norm_eps,
-            rope_theta=self.rope_theta,
-            dropout=self.dropout,
-            init_std=self.init_std,
-            field=field,
-        )
-
     def local_config(self) -> LlamaConfig:
-        return self._stack(
+        return self.stack_config(
             self.d_local,
             self.n_local_before + self.n_local_after,
             self.n_local_heads,
@@ -169,12 +95,16 @@ class SpaceByteConfig(ModelConfig):
         )
 
     def global_config(self) -> LlamaConfig:
-        return self._stack(
+        return self.stack_config(
             self.d_global, self.n_global_layers, self.n_global_heads, "d_global/n_global_heads"
         )
 
 
-class LocalGlobalModel(LumiModel):
+# The config type of a LocalGlobalModel subclass: ``class BltPatch(LocalGlobalModel[BltPatchConfig])``.
+SpaceByteConfigT = TypeVar("SpaceByteConfigT", bound=SpaceByteConfig, default=SpaceByteConfig)
+
+
+class LocalGlobalModel(LumiModel[SpaceByteConfigT]):
     """Local blocks -> global blocks at boundary positions -> local blocks -> head.
 
     Subclasses define ``boundaries(tokens) -> bool [B, T]`` (position 0 must be True); this class
@@ -182,10 +112,9 @@ class LocalGlobalModel(LumiModel):
     """
 
     config_class = SpaceByteConfig
-    config: SpaceByteConfig
     check_overfit_lr = 1e-2
 
-    def __init__(self, config: SpaceByteConfig) -> None:
+    def __init__(self, config: SpaceByteConfigT) -> None:
         super().__init__(config)
         c = config
         lc, gc = c.local_config(), c.global_config()
@@ -272,62 +201,66 @@ class LocalGlobalModel(LumiModel):
         return 3.0 * fwd
 
 
+# Also the stacks of bltpatch's presets.
+SPACEBYTE_PRESETS: dict[str, dict[str, Any]] = {
+    "nano": dict(
+        d_local=32,
+        n_local_heads=1,
+        n_local_before=1,
+        n_local_after=1,
+        local_window=16,
+        d_global=64,
+        n_global_heads=2,
+        n_global_layers=2,
+        max_patch=8,
+        global_patch_len=4,
+    ),
+    "micro": dict(
+        d_local=64,
+        n_local_heads=2,
+        n_local_before=1,
+        n_local_after=1,
+        local_window=64,
+        d_global=128,
+        n_global_heads=2,
+        n_global_layers=4,
+        max_patch=16,
+        global_patch_len=4,
+    ),
+    "tiny": dict(
+        d_local=128,
+        n_local_heads=2,
+        n_local_before=2,
+        n_local_after=2,
+        local_window=128,
+        d_global=256,
+        n_global_heads=4,
+        n_global_layers=6,
+        max_patch=16,
+        global_patch_len=4,
+    ),
+    "small": dict(
+        d_local=256,
+        n_local_heads=4,
+        n_local_before=2,
+        n_local_after=2,
+        local_window=256,
+        d_global=512,
+        n_global_heads=8,
+        n_global_layers=12,
+        max_patch=16,
+        global_patch_len=6,
+    ),
+}
+
+
 @register(
     "spacebyte",
     description="SpaceByte: byte Transformer with wide global blocks only at word boundaries (spacelike bytes)",
-    presets={
-        "nano": dict(
-            d_local=32,
-            n_local_heads=1,
-            n_local_before=1,
-            n_local_after=1,
-            local_window=16,
-            d_global=64,
-            n_global_heads=2,
-            n_global_layers=2,
-            max_patch=8,
-            global_patch_len=4,
-        ),
-        "micro": dict(
-            d_local=64,
-            n_local_heads=2,
-            n_local_before=1,
-            n_local_after=1,
-            local_window=64,
-            d_global=128,
-            n_global_heads=2,
-            n_global_layers=4,
-            max_patch=16,
-            global_patch_len=4,
-        ),
-        "tiny": dict(
-            d_local=128,
-            n_local_heads=2,
-            n_local_before=2,
-            n_local_after=2,
-            local_window=128,
-            d_global=256,
-            n_global_heads=4,
-            n_global_layers=6,
-            max_patch=16,
-            global_patch_len=4,
-        ),
-        "small": dict(
-            d_local=256,
-            n_local_heads=4,
-            n_local_before=2,
-            n_local_after=2,
-            local_window=256,
-            d_global=512,
-            n_global_heads=8,
-            n_global_layers=12,
-            max_patch=16,
-            global_patch_len=6,
-        ),
-    },
+    presets=SPACEBYTE_PRESETS,
     cpu_presets=("nano",),
 )
-class SpaceByte(LocalGlobalModel):
+class SpaceByte(LocalGlobalModel[SpaceByteConfig]):
     config_class = SpaceByteConfig
 
     def boundaries(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,43 +1,14 @@
 """`ut_act`: a Universal Transformer with adaptive computation time (ACT).
 
 Sources: Graves, "Adaptive Computation Time for Recurrent Neural Networks" (2016); Dehghani et al.,
-"Universal Transformers" (ICLR 2019). ARCHITECTURES.md §3; PR #1589 tried it (1.6967 BPB, 3x step time).
+"Universal Transformers" (ICLR 2019). One shared step (``n_layers`` llama blocks, default 1) is applied
+up to ``max_steps`` times, with a learned step embedding. A position halts once its cumulative halting
+probability reaches 1 - ``act_eps``; the output is the halting-probability-weighted sum of its states
+(Graves' remainder R on the last one), and ``aux_losses()["ponder"]`` = ponder_weight * mean(N + R).
 
-What is implemented: one shared llama block (``n_layers`` distinct layers applied in sequence form the
-shared step; the default 1 is the paper's single shared block) is applied up to ``max_steps`` times.
-
-- Position and step signal: RoPE inside attention carries the position (as in every Lumi llama);
-  a learned step embedding (``max_steps`` x d_model, init N(0, init_std)) is added to the state
-  before each application. (UT adds sinusoidal position + step signals; RoPE replaces the position part.)
-- Halting, per position (Graves): after step n the new state s_n gives p_n = sigmoid(w . s_n + b).
-  Position t halts at the first step N with p_1 + ... + p_N >= 1 - ``act_eps`` (or at ``max_steps``).
-  The remainder R = 1 - (p_1 + ... + p_{N-1}) weights the final step: the output is
-  sum_{n<N} p_n s_n + R s_N, a p-weighted average whose weights sum to exactly 1, followed by the
-  final RMSNorm and the head. The halting bias starts at ``halt_bias_init`` (default 1.0, the
-  tensor2tensor UT default: p ~ 0.73, so a position takes 2 steps at init instead of halting at once).
-- Halted positions keep their state (``freeze_halted``, as in the UT paper: "its state is simply
-  copied to the next step"); other positions still attend to it. With freeze_halted=False every
-  position's state keeps evolving and only the output weights stop.
-- Ponder cost: ``aux_losses()["ponder"] = ponder_weight * mean over positions of (N + R)``; N is a
-  count, so the gradient flows through R (Graves). ``stats()`` reports the mean steps N taken
-  (``act_steps_mean``), its maximum, the mean remainder and the steps actually run.
-
-Every halting decision uses only the position's own state, which depends only on tokens <= t, so the
-model is causal at every position (tests check each t, also with early exit).
-
-Compute: by default (``early_exit=False``) all ``max_steps`` applications run for all positions,
-because in training a batch almost always has some position that runs to the end and attention needs
-every position's state at every step. So the analytic FLOPs are those of max_steps steps — exactly what
-runs and what the counter measures: 6 * [max_steps * n_layers * layer matmuls + (max_steps - 1) * d
-halting units (the last step's halting unit is not needed: that step halts every position) + V * d
-head] + attention over the full T x T for max_steps * n_layers layers. ``early_exit=True`` stops as
-soon as every position has halted (identical output, fewer FLOPs; then the analytic number is an
-upper bound and ``stats()["steps_run"]`` says what ran).
-
-Parameters: n_layers * (llama layer) + max_steps * d (step embedding) + d + 1 (halting unit) + d
-(final norm) + embeddings (V * d, twice when untied).
-Not implemented: a KV cache (ACT state per step), the tensor2tensor variant that computes p before
-the transition and interpolates states (we follow Graves' form, which the issue describes).
+Causality: every halting decision uses only the position's own state, which depends only on tokens
+<= t (tests check each t, also with early exit). By default all max_steps steps run for every
+position, so the analytic FLOPs are exact. Details: docs/architectures/ut_act.md.
 """
 
 from __future__ import annotations
@@ -45,18 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lumi.errors import LumiError
 from lumi.models.base import LumiModel
-from lumi.models.layers import RMSNorm, init_linear_weights, scale_residual_projections, softcap
+from lumi.models.layers import RMSNorm, init_linear_weights, scale_residual_projections
 from lumi.models.llama import (
     Block,
     LlamaConfig,
-    attention_flops_per_token,
+    llama_flops_per_token,
     llama_layer_matmul_params,
     llama_param_formula,
+    read_out,
 )
 from lumi.models.registry import register
 
@@ -101,9 +72,8 @@ def ut_act_param_formula(c: UTActConfig) -> dict[str, int]:
     },
     cpu_presets=("nano", "micro"),
 )
-class UTAct(LumiModel):
+class UTAct(LumiModel[UTActConfig]):
     config_class = UTActConfig
-    config: UTActConfig
 
     def __init__(self, config: UTActConfig) -> None:
         super().__init__(config)
@@ -170,9 +140,7 @@ class UTAct(LumiModel):
             "act_remainder_mean": float(remainder.mean().detach()),
             "steps_run": float(steps_run),
         }
-        h = self.norm(output)
-        logits = F.linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h)
-        return softcap(logits, c.logit_softcap)
+        return read_out(self.norm(output), self.embed, self.lm_head, c.logit_softcap)
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
         if self._ponder is None:
@@ -183,11 +151,8 @@ class UTAct(LumiModel):
         return dict(self._stats)
 
     def flops_per_token(self, seq_len: int) -> float:
+        """llama's at depth max_steps x n_layers, plus the halting unit of every step but the last."""
         c = self.config
-        width = c.n_heads * c.dim_head
-        matmul = (
-            c.max_steps * c.n_layers * llama_layer_matmul_params(c)
-            + (c.max_steps - 1) * c.d_model
-            + c.vocab_size * c.d_model
-        )
-        return 6.0 * matmul + attention_flops_per_token(c.max_steps * c.n_layers, seq_len, width, width)
+        depth = c.max_steps * c.n_layers
+        halting = 6.0 * (c.max_steps - 1) * c.d_model
+        return llama_flops_per_token(c, seq_len, llama_layer_matmul_params(c), depth=depth) + halting

@@ -1,79 +1,16 @@
-"""`vocabspace`: vocabulary-space models — the hidden state IS the prediction.
+"""`vocabspace`: vocabulary-space models — the hidden state IS the prediction (width V, no embedding or head).
 
-Source: urmzd/exp-agi-models (revision f753659), models ``v2_conv`` (directory ``v2_causal_conv/``)
-and ``v8_lowrank_vv`` (earlier ``v8_graph``); see /work/shared/ARCHITECTURES.md §1.1. The hidden
-width equals the vocabulary size V; there is no embedding matrix and no output projection.
+Source: urmzd/exp-agi-models (revision f753659), models ``v2_conv`` and ``v8_lowrank_vv``. The input is
+sqrt(V) * one_hot(token); each of ``n_steps`` steps adds a cross-position mixer and a within-position
+mixer of the parameter-free RMS-normalised state; the logits are the RMS-normalised final state times
+a learned scalar, soft-capped. ``variant="conv"``: a depthwise causal conv over time + a V -> C -> V
+channel mixer; ``variant="interaction"``: decayed similarities with earlier positions + a rank-r V x V
+map.
 
-Skeleton (both variants, as in the source):
-    x_0 = sqrt(V) * one_hot(token)                      # the RMS-normalised one-hot (RMS exactly 1)
-    for each of n_steps steps (own weights per step):
-        x = x + g_cross  * cross_mixer(rms(x))          # mixes positions (causal)
-        x = x + g_within * within_mixer(rms(x))         # mixes vocabulary dims at one position
-    logits = softcap(logit_scale * rms(x), 30)          # softcap = 30 tanh(x / 30)
-``rms`` is a parameter-free RMS norm (the source has no norm weights). The ``g`` gains are learned:
-per-dimension vectors (init 1) in ``conv``, scalars (init 1) in ``interaction``, as in the source.
-
-Variants (``variant``):
-- ``conv`` (v2_conv). Cross-position: a depthwise causal conv1d over time, ``kernel_size`` taps per
-  vocabulary dimension, left-padded by kernel_size - 1 (position t sees t-K+1..t), with a bias.
-  Within-position: a V -> C -> V channel mixer ``gelu(rms(x) R M + b) W * s`` with C = ``n_channels``,
-  a C x C mix M, bias b, and a learned output scalar s initialised to ``mixer_scale`` (0.1).
-  ``read`` picks how R (V x C) and W (C x V) are parameterised:
-    * ``lowrank`` (default): plain learned matrices, N(0, init_std).
-    * ``fourier`` (the source): a fixed basis B over vocabulary index i (cos and sin of
-      2 pi f i / V for f = 1..n_fourier_basis, so 2F functions) times learned coefficients:
-      R = softmax_over_V(B A_r) and W = (B A_w)^T, A_r, A_w of size 2F x C.
-- ``interaction`` (v8_lowrank_vv). Cross-position, over STRICTLY earlier positions s < t:
-      scores[t, s] = <n_t * q, n_s * k> * decay^(t - s - 1),   decay = sigmoid(learned scalar)
-  with no softmax; out_t = sum_s scores[t, s] n_s * s_out (s_out learned, init ``mixer_scale``).
-  The scores and the weighted sum are two batched matmuls ([T, V] x [V, T] and [T, T] x [T, V]),
-  O(T^2 V) per sequence. Position 0 receives nothing from this mixer.
-  Within-position: ``gelu(n U W^T + n * d + b) * s`` with U, W of size V x ``rank``, d and b
-  per-dimension (init 0), s learned (init ``mixer_scale``).
-
-Choices where the description is open (each is a config field):
-- Input: the RMS-normalised one-hot (magnitude sqrt(V) at the token), as in the source. It is
-  produced by ``OneHotInput``, an ``nn.Embedding`` subclass with NO weights (its table would be
-  sqrt(V) I), so tools that locate the input embedding — ``lumi check``'s gradient causality probe
-  — find it.
-- ``logit_scale_init``: the source starts the output scalar at 1, so the one-hot (peak sqrt(V) after
-  the final norm) makes it predict the CURRENT token with logit ~sqrt(V) (~23 nats initial loss at
-  V = 1024). Ours starts the scalar at ``logit_scale_init / sqrt(V)`` (default 1 / sqrt(V)): the
-  logit of any dimension is at most ~1 at init, so the initial loss is within ~(e - 1) / V of ln V.
-  The scalar has to grow during training: use a large learning rate (the source used Adam 0.03).
-- ``qk_init`` (1.0, the source), ``decay_init`` (3.0: decay = sigmoid(3) = 0.953), ``mixer_scale``
-  (0.1), ``init_std`` (0.02 for every random matrix, the conv taps and the Fourier coefficients),
-  ``activation`` (gelu; relu2 and silu as in the source's options), ``norm_eps``.
-- ``read = lowrank`` keeps the C x C mix M (redundant with R; it keeps one parameter layout).
-
-Not implemented: the source's training loop (Adam lr 0.03, 16-step accumulation), int8+zlib
-export, bf16 one-hots, and the other exp-agi-models variants.
-
-Parameters (V = vocab, K = kernel_size, C = n_channels, F = n_fourier_basis, r = rank, N = n_steps):
-    conv step:        V K + V (conv) + C^2 + C + 1 (mix, bias, scale) + 2V (gains)
-                      + read/write: 2 V C (lowrank) or 2 (2F) C (fourier)
-    interaction step: 2V (q, k) + 2 V r (U, W) + 2V (d, b) + 5 scalars (decay, 2 scales, 2 gains)
-    total = N * step + 1 (logit scale). No embedding parameters, so non-embedding = total.
-    The source's counts are reproduced exactly at V = 1024: v2_conv (N=8, K=16, C=128, F=16,
-    fourier) 353,289; v8_lowrank_vv (N=8, r=8) 163,881.
-
-FLOPs per token at length T (forward = 2 x MACs of matmuls/convs, the shared convention):
-    conv step:        cross 2 V K;   within 2 V C + 2 C^2 + 2 C V
-    interaction step: cross 2 T V (scores) + 2 T V (values);   within 4 V r
-    training = 3 x forward, EXCEPT the first step's cross mixer, whose input is the constant one-hot:
-    backward computes no gradient for that input, so subtract 2 V K (conv) or 2 T V (interaction,
-    the values matmul). This is exactly what FlopCounterMode measures (the depthwise conv has a
-    hand-written backward because the counter overcounts grouped-conv weight gradients by a factor
-    of V). The ``fourier`` read builds R and W once per forward (B A products, 16 V F C FLOPs per
-    step including backward); that cost is per batch, not per token, so it is left out of
-    ``flops_per_token`` and reported by ``weight_generation_flops()``.
-    Parameter matching is meaningless for this family: ``interaction`` spends ~4 T V FLOPs per token
-    per step on only ~(2r + 4) V parameters; compare arms at matched FLOPs.
-
-Intended use: a small BPE vocabulary (bpe:512 or bpe:1024; the source used sp1024). Activations are
-[B, T, V] floats, and ``interaction`` costs O(T^2 V); large vocabularies are impractical. Presets are
-vocabulary-agnostic (V comes from the tokenizer); ``conv-paper`` / ``interaction-paper`` are the
-source configurations.
+Causality: the conv is left-padded by kernel_size - 1 (position t sees t-K+1..t), and the interaction
+weights are exactly 0 for keys s >= t (``DecayedInteraction.lag`` is t - s; the published reversed
+mask, tests/plugins/leaky_vocabspace.py, leaks). Formulas, FLOPs accounting, presets and the
+differences from the source: docs/architectures/vocabspace.md.
 """
 
 from __future__ import annotations
@@ -87,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumi.errors import LumiError
-from lumi.models.base import LumiModel, ModelConfig
+from lumi.models.base import LumiModel, ModelConfig, check_choice
 from lumi.models.layers import softcap
 from lumi.models.registry import register
 
@@ -120,20 +57,9 @@ class VocabSpaceConfig(ModelConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.variant not in VARIANTS:
-            raise LumiError(
-                f"vocabspace config field 'variant' must be one of {', '.join(VARIANTS)}, "
-                f"got {self.variant!r}"
-            )
-        if self.read not in READS:
-            raise LumiError(
-                f"vocabspace config field 'read' must be one of {', '.join(READS)}, got {self.read!r}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise LumiError(
-                f"vocabspace config field 'activation' must be one of {', '.join(ACTIVATIONS)}, "
-                f"got {self.activation!r}"
-            )
+        check_choice("vocabspace config field 'variant'", self.variant, VARIANTS)
+        check_choice("vocabspace config field 'read'", self.read, READS)
+        check_choice("vocabspace config field 'activation'", self.activation, ACTIVATIONS)
         for name in ("n_steps", "kernel_size", "n_channels", "n_fourier_basis", "rank"):
             if getattr(self, name) < 1:
                 raise LumiError(f"vocabspace config field {name!r} must be >= 1, got {getattr(self, name)}")
@@ -387,9 +313,8 @@ def vocabspace_param_formula(c: VocabSpaceConfig) -> dict[str, int]:
     },
     cpu_presets=("conv-nano", "conv-micro", "interaction-nano", "interaction-micro"),
 )
-class VocabSpace(LumiModel):
+class VocabSpace(LumiModel[VocabSpaceConfig]):
     config_class = VocabSpaceConfig
-    config: VocabSpaceConfig
     basis: torch.Tensor | None  # buffer for read="fourier", else None
     # Mixer classes per variant (a test plugin swaps the interaction mixer for the reversed-mask bug).
     interaction_class: type[nn.Module] = DecayedInteraction
