@@ -54,7 +54,8 @@ def check_determinism(ctx: CheckContext) -> CheckResult:
 
 
 def check_save_load(ctx: CheckContext) -> CheckResult:
-    from safetensors.torch import load_model, save_model
+    from lumi.errors import LumiError
+    from lumi.train.checkpoint import WEIGHTS, load_model_weights, save_model_files
 
     x = ctx.tokens(ctx.batch_size, ctx.seq_len, stream=90)
     original = ctx.build().eval()
@@ -62,12 +63,12 @@ def check_save_load(ctx: CheckContext) -> CheckResult:
     with torch.no_grad():
         want = forward_logits(original, x, ctx.vocab_size)
     with tempfile.TemporaryDirectory(prefix="lumi-check-") as tmp:
-        path = Path(tmp) / "model.safetensors"
-        save_model(original, str(path))  # drops duplicate (tied) tensors, keeps one name
-        size = path.stat().st_size
+        # The checkpoint code `lumi train` uses: safetensors weights (tied tensors kept once) + model config.
+        save_model_files(Path(tmp), original)
+        size = (Path(tmp) / WEIGHTS).stat().st_size
         try:
-            load_model(other, str(path), strict=True)
-        except RuntimeError as e:
+            load_model_weights(Path(tmp), other)
+        except LumiError as e:
             return CheckResult("save_load", False, f"safetensors load into a fresh model failed: {e}")
     with torch.no_grad():
         got = forward_logits(other, x, ctx.vocab_size)
