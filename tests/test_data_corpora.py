@@ -88,9 +88,9 @@ def test_files_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("content,fragment", [
-    ('{"body": "x"}\n', r"rows.jsonl:1: needs a 'text' field .*\(found \['body'\]\)"),
-    ('{"text": 5}\n', "rows.jsonl:1: field 'text' must be a string"),
-    ('{"text": "ok"}\n{broken\n', "rows.jsonl:2: not valid JSON"),
+    ('{"body": "x"}\n', r"rows.jsonl, line 1: needs a 'text' field .*\(found \['body'\]\)"),
+    ('{"text": 5}\n', "rows.jsonl, line 1: field 'text' must be a string"),
+    ('{"text": "ok"}\n{broken\n', "rows.jsonl, line 2: not valid JSON"),
     ('{"text": "\\ud800"}\n', "lone surrogate"),
 ])
 def test_files_jsonl_errors(tmp_path, content, fragment):

@@ -35,12 +35,36 @@ def _val_text_bytes(tiny_corpus_dir) -> int:
 
 
 def test_windows_cover_every_target_once():
-    assert eval_windows(11, 4) == [(0, 4), (4, 4), (8, 2)]
-    assert eval_windows(9, 4) == [(0, 4), (4, 4)]
-    assert eval_windows(11, 4, max_targets=5) == [(0, 4), (4, 1)]
-    for n, t in [(2, 5), (100, 7), (64, 8), (65, 8)]:
-        covered = [s + 1 + i for s, length in eval_windows(n, t) for i in range(length)]
-        assert covered == list(range(1, n))
+    assert eval_windows(11, 4) == [(0, 4, 0), (4, 4, 0), (8, 2, 0)]
+    assert eval_windows(9, 4) == [(0, 4, 0), (4, 4, 0)]
+    assert eval_windows(11, 4, max_targets=5) == [(0, 4, 0), (4, 1, 0)]
+    # sliding windows: after the first window only the last `stride` targets of each window count
+    assert eval_windows(11, 4, stride=2) == [(0, 4, 0), (2, 4, 2), (4, 4, 2), (6, 4, 2)]
+    for n, t, stride in [(2, 5, 5), (100, 7, 7), (64, 8, 8), (65, 8, 8), (100, 7, 3), (64, 8, 1), (65, 8, 5)]:
+        covered = [s + 1 + i for s, length, skip in eval_windows(n, t, stride=stride) for i in range(skip, length)]
+        assert covered == list(range(1, n))  # every target exactly once
+        for s, length, skip in eval_windows(n, t, stride=stride)[1:]:
+            assert skip >= t - stride or length < t  # at least T - S tokens of context
+
+
+def test_sliding_windows_give_more_context_and_the_same_accounting(prepared):
+    from lumi.metrics.evaluate import position_buckets
+    from lumi.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("llama", "nano", vocab_size=prepared.vocab_size)
+    tokens, nbytes = prepared.tokens("val"), prepared.target_bytes("val")
+    plain = evaluate_bpb(model, tokens, nbytes, seq_len=16, batch_size=4, device="cpu")
+    slid = evaluate_bpb(model, tokens, nbytes, seq_len=16, batch_size=4, device="cpu", stride=4)
+    assert (slid["bytes"], slid["targets"]) == (plain["bytes"], plain["targets"])
+    assert slid["protocol"]["stride"] == 4 and slid["protocol"]["windows"] > plain["protocol"]["windows"]
+    # the position buckets partition the same targets and bytes
+    for out in (plain, slid):
+        assert sum(b["targets"] for b in out["by_position"]) == out["targets"]
+        assert sum(b["bytes"] for b in out["by_position"]) == out["bytes"]
+    assert min(b["first"] for b in slid["by_position"] if b["first"] > 1) >= 9  # only the first window has short context
+    assert position_buckets(16) == [(1, 8), (9, 16)] and position_buckets(200) == [(1, 8), (9, 32), (33, 128), (129, 200)]
+    assert evaluate_bpb(model, tokens, nbytes, seq_len=16, batch_size=4, device="cpu", stride=16)["bpb"] == plain["bpb"]
 
 
 def test_bytes_equal_utf8_size_of_val_text(prepared, tiny_corpus_dir):

@@ -11,7 +11,7 @@ import math
 import os
 import shutil
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,8 @@ from lumi.errors import LumiError, write_error_text
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and a rename; a full disk leaves no temp file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise LumiError(
-            f"cannot write {path}: {write_error_text(e)}; free disk space or fix permissions"
-        ) from None
+    """Write ``text`` (UTF-8) to ``path`` through a temp file and a rename; a full disk leaves no temp file."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -78,6 +70,18 @@ def read_yaml(path: Path, what: str = "file") -> Any:
         where = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise LumiError(f"{what} {path} is not valid YAML{where}: {problem}") from None
+
+
+def read_jsonl(path: Path, text: str, hint: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of every non-blank line of a JSONL file's ``text``; a line that is not
+    JSON is a LumiError naming the file and line, followed by ``hint`` (what a line must hold)."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LumiError(f"{path}, line {lineno}: not valid JSON ({e.msg}); {hint}") from None
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -205,7 +209,7 @@ def write_directory(
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """As ``write_text_atomic``, for bytes."""
+    """Write to a temp file, then rename: readers see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         tmp.write_bytes(data)

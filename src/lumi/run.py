@@ -6,6 +6,7 @@
       metrics.jsonl      one JSON row per train log / eval
       summary.json       status and final numbers, rewritten as the run goes
       checkpoints/latest model.safetensors, model_config.json, optimizer.pt, state.json (previous: the one before)
+      eval/              results.json (and context_curve.png) of the latest `lumi eval`
       .lock              held by the one process that writes the directory (lumi.lock)
 
 Every verb reads runs through ``Run``: ``Run.open(path)`` for a directory that must be a run,
@@ -50,6 +51,7 @@ class Run:
         self.metrics_path = self.path / "metrics.jsonl"
         self.env_path = self.path / "env.json"
         self.checkpoints_dir = self.path / "checkpoints"
+        self.eval_dir = self.path / "eval"  # lumi eval's results.json and plots
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -157,6 +159,14 @@ class Run:
             if "step" in out and "val_bpb" in out:
                 break
         return out
+
+    def eval_results(self) -> dict[str, Any] | None:
+        """eval/results.json of the latest `lumi eval`, or None when absent or unreadable."""
+        try:
+            data = json.loads((self.eval_dir / "results.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint directory (latest, else previous), or None."""

@@ -28,23 +28,20 @@ def check_determinism(ctx: CheckContext) -> CheckResult:
             f"{f' (+{len(differing) - 1} more)' if len(differing) > 1 else ''}; "
             "initialise only from torch's global RNG",
         )
-    if not torch.equal(la, la2):
-        d = float((la - la2).abs().max())
-        return CheckResult(
-            "determinism",
-            False,
-            f"two forwards of the same model on the same tokens differ "
-            f"(max |Δlogit| {d:.3g}); the forward pass must not be random in eval mode",
-            value=d,
-        )
-    if not torch.equal(la, lb):
-        d = float((la - lb).abs().max())
-        return CheckResult(
-            "determinism",
-            False,
-            f"two builds with seed {ctx.seed} give different logits (max |Δlogit| {d:.3g})",
-            value=d,
-        )
+    failed = _logit_mismatch(
+        "determinism",
+        la,
+        la2,
+        "two forwards of the same model on the same tokens differ (max |Δlogit| {d:.3g}); the forward pass "
+        "must not be random in eval mode",
+    ) or _logit_mismatch(
+        "determinism",
+        la,
+        lb,
+        f"two builds with seed {ctx.seed} give different logits (max |Δlogit| {{d:.3g}})",
+    )
+    if failed is not None:
+        return failed
     return CheckResult(
         "determinism",
         True,
@@ -72,15 +69,15 @@ def check_save_load(ctx: CheckContext) -> CheckResult:
             return CheckResult("save_load", False, f"safetensors load into a fresh model failed: {e}")
     with torch.no_grad():
         got = forward_logits(other, x, ctx.vocab_size)
-    if not torch.equal(want, got):
-        d = float((want - got).abs().max())
-        return CheckResult(
-            "save_load",
-            False,
-            f"logits after a safetensors save/load round trip differ (max |Δlogit| {d:.3g}); "
-            "is some state kept outside parameters and persistent buffers?",
-            value=d,
-        )
+    failed = _logit_mismatch(
+        "save_load",
+        want,
+        got,
+        "logits after a safetensors save/load round trip differ (max |Δlogit| {d:.3g}); is some state kept "
+        "outside parameters and persistent buffers?",
+    )
+    if failed is not None:
+        return failed
     return CheckResult(
         "save_load",
         True,
@@ -88,3 +85,12 @@ def check_save_load(ctx: CheckContext) -> CheckResult:
         "initialised model gives bitwise identical logits",
         value=0.0,
     )
+
+
+def _logit_mismatch(name: str, a: torch.Tensor, b: torch.Tensor, message: str) -> CheckResult | None:
+    """A failed row when two logit tensors are not bitwise equal (``message`` formats ``{d}``, the max
+    |Δlogit|), else None."""
+    if torch.equal(a, b):
+        return None
+    d = float((a - b).abs().max())
+    return CheckResult(name, False, message.format(d=d), value=d)

@@ -117,6 +117,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="F",
         help="with --tune: tuning runs get this fraction of the matched budget (default 0.5)",
     )
+    p.add_argument(
+        "--eval",
+        metavar="ITEMS",
+        help="also score every finished run and pair the numbers like the BPB: corpus:SPEC and "
+        "tasks:TASK[+TASK], comma-separated (e.g. corpus:milton,tasks:piqa)",
+    )
+    p.add_argument(
+        "--eval-tasks-dir", metavar="DIR", help="with --eval tasks: local task files (see lumi eval)"
+    )
+    p.add_argument(
+        "--eval-limit", type=int, metavar="N", help="with --eval tasks: the first N items of each task"
+    )
     p.add_argument("--budget", help="per-run budget: 600steps, 2M tokens, 3e14flops, 90s, 2m, 1h")
     p.add_argument(
         "--match", choices=("tokens", "flops", "time"), help="what is equal across arms (default tokens)"
@@ -186,6 +198,17 @@ def build_spec(args: argparse.Namespace):
             raw[key] = value
     if args.allow_leaky:
         raw["allow_leaky"] = True
+    if args.eval is not None or args.eval_tasks_dir or args.eval_limit is not None:
+        from lumi.compare.evals import parse_eval_items
+
+        if args.eval is None and not raw.get("eval"):
+            raise LumiError("--eval-tasks-dir / --eval-limit need --eval (e.g. --eval tasks:piqa)")
+        section = dict(raw.get("eval") or {}) if args.eval is None else parse_eval_items(args.eval)
+        if args.eval_tasks_dir:
+            section["tasks_dir"] = args.eval_tasks_dir
+        if args.eval_limit is not None:
+            section["limit"] = args.eval_limit
+        raw["eval"] = section
     if (args.tune_grid is not None or args.tune_fraction is not None) and not (args.tune or raw.get("tune")):
         raise LumiError(
             "--tune-grid / --tune-fraction need --tune lr (e.g. --tune lr --tune-grid 1e-3,3e-3,1e-2)"

@@ -5,15 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lumi.cli.common import (
-    add_data_args,
-    add_json_flag,
-    add_list_arg,
-    add_model_file_arg,
-    add_verb,
-    apply_section_settings,
-    print_json,
-)
+from lumi.cli import common
 
 HELP = "learning-rate sweep for one model, scored on a tuning split carved from the training data (never val)"
 
@@ -38,7 +30,7 @@ examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = add_verb(subparsers, "tune", HELP, DESCRIPTION, EPILOG)
+    p = common.add_verb(subparsers, "tune", HELP, DESCRIPTION, EPILOG)
     p.add_argument("model", metavar="MODEL[:PRESET]", help="e.g. llama:nano or llama:micro+mlp=relu2")
     p.add_argument("--grid", default="auto", help="learning rates 1e-3,3e-3,1e-2, or auto (default)")
     p.add_argument(
@@ -47,14 +39,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--jobs", type=int, default=1, metavar="N", help="grid points trained in parallel (default 1)"
     )
-    add_data_args(p, " (default shakespeare, bpe:4096)")
-    add_list_arg(
+    common.add_data_args(p, " (default shakespeare, bpe:4096)")
+    common.add_list_arg(
         p, "--set", "SECTION.KEY=VALUE", "train.seq_len=64, optim.name=muon ... (repeatable)", "settings"
     )
-    add_model_file_arg(p)
+    common.add_model_file_arg(p)
     p.add_argument("--out", metavar="DIR", help="where the runs go (default tune/<model>)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
-    add_json_flag(p)
+    common.add_json_flag(p)
     p.set_defaults(func=run)
 
 
@@ -82,7 +74,7 @@ def build_spec(args: argparse.Namespace):
         raw["data"]["tokenizer"] = args.tokenizer
     if args.data:
         raw["data"]["dir"] = str(Path(args.data).expanduser().resolve())
-    apply_section_settings(raw, args.settings, ("train", "optim"), "e.g. --set optim.name=muon")
+    common.apply_section_settings(raw, args.settings, ("train", "optim"), "e.g. --set optim.name=muon")
     spec = spec_from_dict(raw, "command line")
     from lumi.cli.compare import _attach_model_files
 
@@ -95,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("tune") / spec.arms[0].dirname
     record = tune_one(spec, out, progress=not args.no_progress)
     if args.json:
-        print_json(record)
+        common.print_json(record)
         return 0
     arm = record["arms"][spec.arms[0].label]
     print(

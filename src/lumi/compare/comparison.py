@@ -40,7 +40,7 @@ from lumi.train.config import parse_budget
 
 # Spec keys that may change between invocations without changing any run: more seeds, another
 # threshold or baseline, a different parallelism, permission to train leaky arms.
-NON_RUN_KEYS = ("name", "seeds", "threshold", "baseline", "jobs", "allow_leaky")
+NON_RUN_KEYS = ("name", "seeds", "threshold", "baseline", "jobs", "allow_leaky", "eval")
 CHECK_SEQ_LEN = 32
 REUSABLE = ("completed", "diverged")
 
@@ -261,6 +261,16 @@ def _run_locked(
         if stop:
             break
         run_spec.seeds = list(range(len(run_spec.seeds) + 1))
+    if spec.eval and not interrupted:  # extra evaluations of every finished run, then paired like the BPB
+        from lumi.compare.evals import run_evals
+
+        runs = [
+            (comp_dir / "runs" / a.dirname / f"seed-{s}", list(a.files))
+            for a in run_spec.arms
+            for s in run_spec.seeds
+        ]
+        run_evals(spec.eval, runs, log)
+        results = collect_results(run_spec, comp_dir, checks=checks, plans=plan_dicts, env=env, notes=notes)
     if spec.seeds_max is not None:
         _attach_auto(results, spec, rounds, interrupted)
     results["spec"] = json_safe(spec.to_dict())  # the requested spec (run_spec carries the tuned lrs)

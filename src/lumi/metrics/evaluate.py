@@ -1,14 +1,17 @@
 """Validation bits per byte of a model on a prepared token stream, with an explicit protocol.
 
 Protocol (recorded next to every number): the split's documents are concatenated into one stream
-(each document = [separator, *tokens]); it is cut into non-overlapping windows of ``seq_len``
-(stride = seq_len). Window i feeds tokens[i*T : i*T+T] and scores the next token at every position,
-i.e. targets tokens[i*T+1 : i*T+T+1]; the last, partial window is included. Context crosses
-document boundaries, and separators are targets that cover 0 bytes. Every position except the first
-is therefore scored exactly once, and the bytes of all targets add up to the UTF-8 size of the split.
+(each document = [separator, *tokens]) and cut into windows of ``seq_len`` T. With the default stride
+S = T the windows do not overlap: window i feeds tokens[i*T : i*T+T] and scores the next token at every
+position. With a stride S < T (sliding windows) window i starts at i*S and scores only the targets no
+earlier window scored, so every target after the first window has at least T - S tokens of context.
+Either way the last, partial window is included, context crosses document boundaries, separators are
+targets that cover 0 bytes, every position except the first is scored exactly once, and the bytes of
+all targets add up to the UTF-8 size of the split.
 
-Periodic evaluations during training score a fixed prefix of the stream (``max_targets``);
-the final evaluation scores the whole split.
+Periodic evaluations during training score a fixed prefix of the stream (``max_targets``); the final
+evaluation scores the whole split. ``by_position`` splits the same sums by how many tokens of context a
+target had inside its window (1-8, 9-32, 33-128, ...): the context curve.
 """
 
 from __future__ import annotations
@@ -26,12 +29,34 @@ from lumi.metrics.bpb import BpbAccumulator
 PROTOCOL_DOCUMENTS = "concatenated, context crosses boundaries"
 
 
-def eval_windows(n_tokens: int, seq_len: int, max_targets: int | None = None) -> list[tuple[int, int]]:
-    """(start, length) of every scoring window: inputs tokens[start:start+length], targets shifted by one."""
+def eval_windows(
+    n_tokens: int, seq_len: int, max_targets: int | None = None, stride: int | None = None
+) -> list[tuple[int, int, int]]:
+    """(start, length, skip) of every window: inputs tokens[start:start+length], targets shifted by one;
+    the first ``skip`` targets of the window were scored by an earlier window and are not counted."""
     n_targets = max(n_tokens - 1, 0)
     if max_targets is not None:
         n_targets = min(n_targets, max_targets)
-    return [(s, min(seq_len, n_targets - s)) for s in range(0, n_targets, seq_len)]
+    stride = seq_len if stride is None else stride
+    if not 1 <= stride <= seq_len:
+        raise ValueError(f"stride must be in [1, seq_len={seq_len}], got {stride}")
+    windows: list[tuple[int, int, int]] = []
+    start, scored = 0, 0
+    while scored < n_targets:
+        length = min(seq_len, n_targets - start)
+        windows.append((start, length, scored - start))
+        scored = start + length
+        start += stride
+    return windows
+
+
+def position_buckets(seq_len: int) -> list[tuple[int, int]]:
+    """Context-length buckets (first, last) of 1 token, then x4: 1-8, 9-32, 33-128, ... up to ``seq_len``."""
+    out, lo, hi = [], 1, 8
+    while lo <= seq_len:
+        out.append((lo, min(hi, seq_len)))
+        lo, hi = hi + 1, hi * 4
+    return out
 
 
 @torch.no_grad()
@@ -47,6 +72,7 @@ def evaluate_bpb(
     split: str = "val",
     rank: int = 0,
     world_size: int = 1,
+    stride: int | None = None,
 ) -> dict[str, Any]:
     """Score ``tokens`` with ``model`` under the protocol above; returns bpb, loss, bytes, targets, protocol.
 
@@ -57,23 +83,34 @@ def evaluate_bpb(
     device = torch.device(device)
     if len(tokens) != len(target_bytes):
         raise ValueError(f"tokens ({len(tokens)}) and target_bytes ({len(target_bytes)}) differ in length")
-    windows = eval_windows(len(tokens), seq_len, max_targets)
+    windows = eval_windows(len(tokens), seq_len, max_targets, stride)
     mine = windows[rank::world_size]
+    buckets = position_buckets(seq_len)
+    # context length (1..T) of each window position -> its bucket
+    bucket_of = np.zeros(seq_len, dtype=np.int64)
+    for i, (lo, hi) in enumerate(buckets):
+        bucket_of[lo - 1 : hi] = i
+    bucket_nll, bucket_bytes, bucket_targets = (
+        np.zeros(len(buckets)),
+        np.zeros(len(buckets)),
+        np.zeros(len(buckets)),
+    )
     was_training = model.training
     model.eval()
     acc = BpbAccumulator()
     try:
-        # Full windows go in batches; the partial last window (if any) on its own.
+        # Full windows go in batches; a partial window (the last one) on its own.
         full = [w for w in mine if w[1] == seq_len]
         partial = [w for w in mine if w[1] != seq_len]
         groups = [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in partial]
         for group in groups:
             length = group[0][1]
-            x = np.stack([np.asarray(tokens[s : s + length]) for s, _ in group]).astype(np.int64)
-            y = np.stack([np.asarray(tokens[s + 1 : s + length + 1]) for s, _ in group]).astype(np.int64)
-            nb = np.stack([np.asarray(target_bytes[s + 1 : s + length + 1]) for s, _ in group]).astype(
+            x = np.stack([np.asarray(tokens[s : s + length]) for s, _, _ in group]).astype(np.int64)
+            y = np.stack([np.asarray(tokens[s + 1 : s + length + 1]) for s, _, _ in group]).astype(np.int64)
+            nb = np.stack([np.asarray(target_bytes[s + 1 : s + length + 1]) for s, _, _ in group]).astype(
                 np.int64
             )
+            keep = np.arange(length)[None, :] >= np.array([skip for _, _, skip in group])[:, None]
             xt = torch.from_numpy(x).to(device)
             yt = torch.from_numpy(y).to(device)
             ctx = (
@@ -86,7 +123,13 @@ def evaluate_bpb(
             nll = F.cross_entropy(
                 logits.float().reshape(-1, logits.shape[-1]), yt.reshape(-1), reduction="none"
             )
-            acc.add(nll, nb)
+            nll_np = nll.double().cpu().numpy().reshape(len(group), length)
+            where = np.nonzero(keep)
+            acc.add(torch.from_numpy(nll_np[where]), nb[where])
+            b = bucket_of[:length][None, :].repeat(len(group), 0)[where]
+            np.add.at(bucket_nll, b, nll_np[where])
+            np.add.at(bucket_bytes, b, nb[where])
+            np.add.at(bucket_targets, b, 1)
     finally:
         model.train(was_training)
     if world_size > 1:
@@ -96,7 +139,7 @@ def evaluate_bpb(
     protocol = {
         "split": split,
         "seq_len": seq_len,
-        "stride": seq_len,
+        "stride": stride or seq_len,
         "windows": len(windows),
         "targets": acc.targets,
         "bytes": acc.bytes,
@@ -105,13 +148,19 @@ def evaluate_bpb(
         if max_targets is None or max_targets >= len(tokens) - 1
         else f"first {acc.targets} targets",
     }
-    return {
-        "bpb": acc.bpb,
-        "loss": acc.nats_per_target,
-        "bytes": acc.bytes,
-        "targets": acc.targets,
-        "protocol": protocol,
-    }
+    by_position = [
+        {
+            "context": f"{lo}-{hi}" if lo != hi else str(lo),
+            "first": lo,
+            "last": hi,
+            "targets": int(t),
+            "bytes": int(nbytes),
+            "bpb": float(nll / (math.log(2) * nbytes)) if nbytes > 0 else None,
+        }
+        for (lo, hi), nll, nbytes, t in zip(buckets, bucket_nll, bucket_bytes, bucket_targets, strict=True)
+        if t > 0
+    ]
+    return {**_result(acc, protocol), "by_position": by_position if world_size == 1 else None}
 
 
 def _all_reduce_acc(acc: BpbAccumulator, device: torch.device) -> BpbAccumulator:
@@ -141,6 +190,10 @@ def unigram_bpb(prepared: Any, split: str = "val") -> dict[str, Any]:
         "targets": acc.targets,
         "bytes": acc.bytes,
     }
+    return _result(acc, protocol)
+
+
+def _result(acc: BpbAccumulator, protocol: dict[str, Any]) -> dict[str, Any]:
     return {
         "bpb": acc.bpb,
         "loss": acc.nats_per_target,
