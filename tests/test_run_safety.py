@@ -252,7 +252,7 @@ def test_enospc_in_the_run_files(tmp_path, monkeypatch):
     from lumi.run import MetricsLog, Run
 
     run = Run(tmp_path)
-    monkeypatch.setattr(Path, "write_text", _enospc)
+    monkeypatch.setattr(Path, "write_bytes", _enospc)  # every atomic writer goes through bytes
     with pytest.raises(LumiError, match=r"cannot write .*summary\.json: the disk is full"):
         run.write_summary({"a": 1})
     monkeypatch.undo()
@@ -260,7 +260,7 @@ def test_enospc_in_the_run_files(tmp_path, monkeypatch):
 
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text(json.dumps({"step": 1}) + "\n" + json.dumps({"step": 5}) + "\n")
-    monkeypatch.setattr(Path, "write_text", _enospc)
+    monkeypatch.setattr(Path, "write_bytes", _enospc)
     with pytest.raises(LumiError, match="the disk is full"):
         run.truncate_metrics(1)  # resuming while the disk is still full
     monkeypatch.undo()

@@ -7,10 +7,14 @@
       summary.json       status and final numbers, rewritten as the run goes
       checkpoints/latest model.safetensors, model_config.json, optimizer.pt, state.json (previous: the one before)
       eval/              results.json (and context_curve.png) of the latest `lumi eval`
+      tensorboard/       event files of train.logger=tensorboard (one per session; a resume appends)
+      wandb/             wandb's own files of train.logger=wandb (offline runs: wandb sync them later)
+      loggers.json       the stable wandb run id, so a resumed session continues the same wandb run
       .lock              held by the one process that writes the directory (lumi.lock)
 
 Every verb reads runs through ``Run``: ``Run.open(path)`` for a directory that must be a run,
-``Run.locate(path)`` when a checkpoint directory or a .safetensors file may be given instead. Errors
+``Run.locate(path)`` when a checkpoint directory or a .safetensors file may be given instead,
+``Run.is_run(path)`` to discover them (`lumi runs`). Errors
 are one-line ``LumiError``s naming the directory and what is missing. Only rank 0 writes; JSON files are
 replaced atomically and metrics.jsonl is appended and flushed line by line.
 """
@@ -21,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -40,6 +45,10 @@ if TYPE_CHECKING:
 
 RUN_FORMS = "a run directory written by `lumi train` (runs/<name>)"
 
+# Config keys that change how a run is watched, not what it trains: a resume may change them, and a
+# comparison reuses a finished run whatever they say (training_differences leaves them out).
+LOGGING_KEYS = ("train.logger", "train.logger_tags")
+
 
 class Run:
     """One run directory. Cheap to create; every read goes to disk, so it sees a run that is still going."""
@@ -52,6 +61,8 @@ class Run:
         self.env_path = self.path / "env.json"
         self.checkpoints_dir = self.path / "checkpoints"
         self.eval_dir = self.path / "eval"  # lumi eval's results.json and plots
+        self.tensorboard_dir = self.path / "tensorboard"  # train.logger=tensorboard
+        self.loggers_path = self.path / "loggers.json"  # the stable wandb id (train.logger=wandb)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -67,6 +78,14 @@ class Run:
             )
             raise LumiError(f"{str(run.path)!r} {what}; give {RUN_FORMS}")
         return run
+
+    @staticmethod
+    def is_run(path: str | Path) -> bool:
+        """Whether ``path`` is a run directory (it has config.yaml); never raises."""
+        try:
+            return (Path(path) / "config.yaml").is_file()
+        except OSError:
+            return False
 
     @classmethod
     def locate(cls, path: str | Path) -> tuple[Run, Path]:
@@ -340,6 +359,32 @@ class Run:
     def metrics_log(self, enabled: bool = True) -> MetricsLog:
         return MetricsLog(self.metrics_path, enabled)
 
+    def modified_time(self) -> float | None:
+        """When the run last recorded something: summary.json's modification time, else the directory's
+        (seconds since the epoch); None when neither can be read."""
+        for p in (self.summary_path, self.path):
+            try:
+                return p.stat().st_mtime
+            except OSError:
+                continue
+        return None
+
+    def wandb_run_id(self) -> str:
+        """The run's wandb id: created once (rank 0) and kept in loggers.json, so every session of the run,
+        resumed ones included, logs to the same wandb run."""
+        try:
+            saved = json.loads(self.loggers_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = {}
+        if not isinstance(saved, dict):
+            saved = {}
+        run_id = saved.get("wandb_id")
+        if isinstance(run_id, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
+            return run_id
+        run_id = uuid.uuid4().hex[:16]  # wandb ids: letters and digits, unique within the project
+        write_json(self.loggers_path, {**saved, "wandb_id": run_id})
+        return run_id
+
 
 class MetricsLog:
     """Append-only metrics.jsonl (one JSON object per line, flushed)."""
@@ -425,6 +470,12 @@ def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -
         elif va != vb:
             out.append(f"{name}: {va!r} -> {vb!r}")
     return out
+
+
+def training_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """``config_differences`` of two TrainConfig dicts without LOGGING_KEYS: what changes the training."""
+    skip = tuple(f"{k}:" for k in LOGGING_KEYS)
+    return [d for d in config_differences(a, b) if not d.startswith(skip)]
 
 
 def load_run_model(

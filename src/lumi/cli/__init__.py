@@ -21,6 +21,8 @@ VERBS: dict[str, str] = {
     "export": "lumi.cli.export",
     "pack": "lumi.cli.pack",
     "unpack": "lumi.cli.unpack",
+    "report": "lumi.cli.report",
+    "runs": "lumi.cli.runs",
 }
 
 DESCRIPTION = """\

@@ -292,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print_table(results)
     print(f"\nreport:  {files['report']}")
+    if "report.html" in files:
+        print(f"html:    {files['report.html']}")
     print(f"results: {files['results']}")
     plots = [str(p) for k, p in files.items() if k.endswith(".png")]
     if plots:

@@ -34,8 +34,8 @@ from lumi.compare.plan import (
 from lumi.compare.runner import RunJob, run_jobs
 from lumi.compare.spec import CompareSpec
 from lumi.errors import LumiError
-from lumi.io import read_yaml, write_json, write_yaml
-from lumi.run import Run, config_differences
+from lumi.io import coerce, read_yaml, write_json, write_yaml
+from lumi.run import LOGGING_KEYS, Run, config_differences
 from lumi.train.config import parse_budget
 
 # Spec keys that may change between invocations without changing any run: more seeds, another
@@ -56,7 +56,11 @@ def _run_defining(d: dict[str, Any]) -> dict[str, Any]:
     via_baseline = (d.get("match") == "flops" and kind != "flops") or (
         kind == "seconds" and d.get("match") != "time"
     )
-    return {k: v for k, v in d.items() if k not in NON_RUN_KEYS or (k == "baseline" and via_baseline)}
+    out = {k: v for k, v in d.items() if k not in NON_RUN_KEYS or (k == "baseline" and via_baseline)}
+    if isinstance(out.get("train"), dict):  # live logging (train.logger, its tags) changes no run
+        logging = {k.split(".", 1)[1] for k in LOGGING_KEYS}
+        out["train"] = {k: v for k, v in out["train"].items() if k not in logging}
+    return out
 
 
 def open_comparison_dir(
@@ -126,6 +130,9 @@ def run_comparison(
 
     comp_dir = Path(comp_dir)
     validate_pairing(spec)
+    from lumi.train.loggers import require_logger
+
+    require_logger(train_settings(spec).logger)  # once here, not once per child process
     saved = open_comparison_dir(spec, comp_dir, force, log)
     _load_plugins(spec)
     try:
@@ -531,8 +538,17 @@ def _log_plans(
 def run_config(
     spec: CompareSpec, arm, seed: int, plan: ArmPlan, data_dir: Path, threads: int
 ) -> dict[str, Any]:
-    """The `lumi train` config of one run: shared settings, the arm's model and optim, seed, matched budget."""
+    """The `lumi train` config of one run: shared settings, the arm's model and optim, seed, matched budget.
+
+    With live logging (train.logger), the run is tagged with its arm, seed and comparison (after any
+    train.logger_tags of the spec), so a dashboard groups a comparison's runs."""
     from lumi.train.config import TrainConfig
+
+    train = dict(spec.train)
+    if train.get("logger") not in (None, "none"):
+        given = coerce(train.get("logger_tags") or [], list, f"comparison {spec.name!r}: train.logger_tags")
+        tags = [*given, arm.label, f"seed-{seed}", spec.name]
+        train["logger_tags"] = list(dict.fromkeys(str(t) for t in tags))
 
     raw = {
         "name": f"{spec.name}/{arm.dirname}/seed-{seed}",
@@ -547,7 +563,7 @@ def run_config(
         # `lumi check` already probed the arm at this length (_run_checks), so the child skips its own
         # pre-training probe; it still audits its final weights. allow_leaky mirrors --allow-leaky.
         "train": {
-            **spec.train,
+            **train,
             "seed": seed,
             "budget": plan.budget,
             "threads": threads,
@@ -613,13 +629,16 @@ def needs_training(
     if status is not None:
         saved = read_yaml(run.config_path, "run config") if run.config_path.is_file() else None
         if isinstance(saved, dict):
-            # Keys that do not change what a run trains: its threads, and the leak probes around training
-            # (runs from before the probes existed lack the causality keys and are still reused).
-            diffs = [
-                d
-                for d in config_differences(saved, cfg)
-                if not d.startswith(("train.threads:", "train.allow_leaky:", "train.causality_"))
-            ]
+            # Keys that do not change what a run trains: its threads, the leak probes around training
+            # (runs from before the probes existed lack the causality keys and are still reused), and live
+            # logging (train.logger, train.logger_tags: the tags name the arm, seed and comparison).
+            same = (
+                "train.threads:",
+                "train.allow_leaky:",
+                "train.causality_",
+                *(f"{k}:" for k in LOGGING_KEYS),
+            )
+            diffs = [d for d in config_differences(saved, cfg) if not d.startswith(same)]
             if diffs:
                 raise LumiError(
                     f"run {run_dir} was trained with a different config ({'; '.join(diffs[:3])}) "

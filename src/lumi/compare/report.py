@@ -208,12 +208,107 @@ def _cell(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
-def _metric_cell(value: Any) -> str:
-    return f"{value:.4f}" if is_number(value) else DASH
-
-
 def _row(cells: list[Any]) -> str:
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+RESULTS_HEADER = [
+    "arm",
+    "params",
+    "non-emb params",
+    "FLOPs/token",
+    "tokens",
+    "FLOPs",
+    "wall",
+    "tok/s",
+    "val BPB",
+    "Δ vs baseline [95% CI]",
+    "p (t / sign-flip)",
+    "wins",
+    "status",
+]
+
+
+def results_rows(arms: list[dict[str, Any]]) -> list[list[str]]:
+    """The main table (the same cells as report.md's)."""
+    rows = []
+    for a in arms:
+        vs, base = a.get("vs_baseline"), a.get("is_baseline")
+        rows.append(
+            [
+                a["label"],
+                fmt_count(a.get("params")),
+                fmt_count(a.get("non_embedding_params")),
+                fmt_count(a.get("flops_per_token")),
+                fmt_count(arm_mean(a, "tokens")),
+                fmt_count(arm_mean(a, "flops")),
+                fmt_wall(arm_mean(a, "wall_s")),
+                fmt_count(arm_mean(a, "tok_per_s")),
+                fmt_bpb(a.get("bpb")),
+                "baseline" if base else fmt_delta(vs),
+                DASH if base else fmt_ps(vs),
+                DASH if base else fmt_wins(vs),
+                arm_status(a),
+            ]
+        )
+    return rows
+
+
+def check_summary(arm: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """('label: passed (11/11 checks)' | 'label: FAILED 2 of 11 checks' | 'label: not run', the failed rows)."""
+    check = arm.get("check")
+    if not check:
+        return f"{arm['label']}: not run", []
+    res = check.get("results") or []
+    failed = [r for r in res if not r.get("passed", True)]
+    if failed:
+        return f"{arm['label']}: FAILED {len(failed)} of {len(res)} checks", failed
+    return f"{arm['label']}: passed ({len(res)}/{len(res)} checks)", []
+
+
+def audit_text(run: dict[str, Any]) -> str:
+    """passed | LEAK | – : the causality audit of one run's trained weights."""
+    audit = run.get("causality_audit")
+    if isinstance(audit, dict) and "passed" in audit:
+        return "passed" if audit["passed"] else "LEAK"
+    return "LEAK" if run.get("leak") else DASH
+
+
+def seed_rows(arms: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[str]]:
+    """(header, rows, each row's status) of the every-seed table: each arm's every run, whatever its status."""
+    metric_names = [n for a in arms[:1] for n in (a.get("evals") or {})]
+    header = ["arm", "seed", "status", "val BPB", "Δ", *metric_names, "steps", "tokens", "wall", "audit"]
+    header.append("diagnoses")
+    base_arm = next((a for a in arms if a.get("is_baseline")), None)
+    base_bpb = {
+        r["seed"]: r.get("final_val_bpb") for r in (base_arm or {}).get("runs", []) if r.get("usable")
+    }
+    rows: list[list[str]] = []
+    statuses: list[str] = []
+    for a in arms:
+        for r in a.get("runs", []):
+            bpb = r.get("final_val_bpb") if r.get("usable") else None
+            delta = DASH
+            if not a.get("is_baseline") and is_number(bpb) and is_number(base_bpb.get(r["seed"])):
+                delta = f"{bpb - base_bpb[r['seed']]:+.4f}"
+            evals = r.get("evals") or {}
+            rows.append(
+                [
+                    a["label"],
+                    str(r.get("seed")),
+                    str(r.get("status", DASH)),
+                    f"{bpb:.4f}" if is_number(bpb) else DASH,
+                    delta,
+                    *(f"{evals[n]:.4f}" if is_number(evals.get(n)) else DASH for n in metric_names),
+                    str(r["steps"]) if is_number(r.get("steps")) else DASH,
+                    fmt_count(r.get("tokens")),
+                    fmt_wall(r.get("wall_s")),
+                    audit_text(r),
+                    ", ".join(d["label"] for d in r.get("diagnoses", [])),
+                ]
+            )
+            statuses.append(str(r.get("status")))
+    return header, rows, statuses
 
 
 def render_markdown(
@@ -271,49 +366,8 @@ def render_markdown(
             out.append(f"- Environment: {', '.join(scalars[:10])}")
     out.append("")
 
-    out += [
-        "## Results",
-        "",
-        _row(
-            [
-                "arm",
-                "params",
-                "non-emb params",
-                "FLOPs/token",
-                "tokens",
-                "FLOPs",
-                "wall",
-                "tok/s",
-                "val BPB",
-                "Δ vs baseline [95% CI]",
-                "p (t / sign-flip)",
-                "wins",
-                "status",
-            ]
-        ),
-        "|" + "---|" * 13,
-    ]
-    for a in arms:
-        vs = a.get("vs_baseline")
-        out.append(
-            _row(
-                [
-                    a["label"],
-                    fmt_count(a.get("params")),
-                    fmt_count(a.get("non_embedding_params")),
-                    fmt_count(a.get("flops_per_token")),
-                    fmt_count(arm_mean(a, "tokens")),
-                    fmt_count(arm_mean(a, "flops")),
-                    fmt_wall(arm_mean(a, "wall_s")),
-                    fmt_count(arm_mean(a, "tok_per_s")),
-                    fmt_bpb(a.get("bpb")),
-                    "baseline" if a.get("is_baseline") else fmt_delta(vs),
-                    DASH if a.get("is_baseline") else fmt_ps(vs),
-                    DASH if a.get("is_baseline") else fmt_wins(vs),
-                    arm_status(a),
-                ]
-            )
-        )
+    out += ["## Results", "", _row(RESULTS_HEADER), "|" + "---|" * len(RESULTS_HEADER)]
+    out += [_row(row) for row in results_rows(arms)]
     out.append("")
     out.append(
         "val BPB: mean ± std (ddof 1) over the arm's completed seeds; Δ, p and wins over the seeds both the "
@@ -330,58 +384,14 @@ def render_markdown(
     out += tuning_lines(results.get("tuning"))
     out += eval_lines(arms, baseline)
 
-    metric_names = [n for a in arms[:1] for n in (a.get("evals") or {})]
-    out += [
-        "## Every seed",
-        "",
-        _row(
-            ["arm", "seed", "status", "val BPB", "Δ", *metric_names, "steps", "tokens", "wall", "diagnoses"]
-        ),
-        "|" + "---|" * (9 + len(metric_names)),
-    ]
-    base_arm = next((a for a in arms if a.get("is_baseline")), None)
-    base_bpb = {
-        r["seed"]: r.get("final_val_bpb") for r in (base_arm or {}).get("runs", []) if r.get("usable")
-    }
-    for a in arms:
-        for r in a.get("runs", []):
-            bpb = r.get("final_val_bpb") if r.get("usable") else None
-            delta = DASH
-            if not a.get("is_baseline") and is_number(bpb) and is_number(base_bpb.get(r["seed"])):
-                delta = f"{bpb - base_bpb[r['seed']]:+.4f}"
-            out.append(
-                _row(
-                    [
-                        a["label"],
-                        r["seed"],
-                        r.get("status", DASH),
-                        f"{bpb:.4f}" if is_number(bpb) else DASH,
-                        delta,
-                        *(_metric_cell((r.get("evals") or {}).get(n)) for n in metric_names),
-                        r["steps"] if is_number(r.get("steps")) else DASH,
-                        fmt_count(r.get("tokens")),
-                        fmt_wall(r.get("wall_s")),
-                        ", ".join(d["label"] for d in r.get("diagnoses", [])),
-                    ]
-                )
-            )
-    out.append("")
+    header, rows, _ = seed_rows(arms)
+    out += ["## Every seed", "", _row(header), "|" + "---|" * len(header), *(_row(r) for r in rows), ""]
 
     out += ["## Checks (`lumi check`)", ""]
     for a in arms:
-        check = a.get("check")
-        if not check:
-            out.append(f"- {a['label']}: not run")
-            continue
-        res = check.get("results") or []
-        failed = [r for r in res if not r.get("passed", True)]
-        if not failed:
-            out.append(f"- {a['label']}: passed ({len(res)}/{len(res)} checks)")
-        else:
-            out.append(
-                f"- {a['label']}: **FAILED** {len(failed)} of {len(res)} checks — "
-                + "; ".join(f"{r.get('name')}: {r.get('detail')}" for r in failed)
-            )
+        summary, failed = check_summary(a)
+        details = "; ".join(f"{r.get('name')}: {r.get('detail')}" for r in failed)
+        out.append(f"- {summary.replace('FAILED', '**FAILED**')}" + (f" — {details}" if failed else ""))
     out.append("")
 
     out += ["## Diagnoses", ""]
@@ -536,9 +546,10 @@ def tuning_lines(tuning: dict[str, Any] | None) -> list[str]:
 
 
 def write_report(results: dict[str, Any], comp_dir: str | Path, make_plots: bool = True) -> dict[str, Path]:
-    """Write results.json (atomically), the plots and report.md into ``comp_dir``.
+    """Write results.json (atomically), the plots, report.md and report.html into ``comp_dir``.
 
-    Returns {"results": path, "report": path, "<plot>.png": path ...}; no PNG keys when no run has a curve.
+    Returns {"results": path, "report": path, "report.html": path, "<plot>.png": path ...}; no PNG keys
+    when no run has a curve, no "report.html" when it could not be rendered (a warning says why).
     """
     from lumi.io import write_json, write_text_atomic
 
@@ -558,6 +569,15 @@ def write_report(results: dict[str, Any], comp_dir: str | Path, make_plots: bool
             print(f"warning: plots not written: {plot_error}", file=sys.stderr)
     write_text_atomic(files["report"], render_markdown(results, plots, plot_error))
     files.update(plots)
+    from lumi.compare.html import render_html
+
+    try:  # after report.md: a rendering problem must not cost the comparison or the markdown report
+        page = render_html(results, comp_dir)
+    except Exception as e:
+        print(f"warning: report.html not written: {type(e).__name__}: {e}", file=sys.stderr)
+    else:
+        files["report.html"] = comp_dir / "report.html"
+        write_text_atomic(files["report.html"], page)
     return files
 
 
@@ -575,38 +595,10 @@ def print_table(results: dict[str, Any], file: TextIO | None = None) -> None:
         f"{results.get('budget')}, seeds {seeds}, baseline {baseline}",
         file=f,
     )
-    header = [
-        "arm",
-        "params",
-        "FLOPs/tok",
-        "tokens",
-        "wall",
-        "tok/s",
-        "val BPB",
-        f"Δ vs {baseline} [95% CI]",
-        "p t / sign-flip",
-        "wins",
-        "status",
-    ]
-    rows = [header]
-    for a in arms:
-        vs = a.get("vs_baseline")
-        base = a.get("is_baseline")
-        rows.append(
-            [
-                a["label"],
-                fmt_count(a.get("params")),
-                fmt_count(a.get("flops_per_token")),
-                fmt_count(arm_mean(a, "tokens")),
-                fmt_wall(arm_mean(a, "wall_s")),
-                fmt_count(arm_mean(a, "tok_per_s")),
-                fmt_bpb(a.get("bpb")),
-                "baseline" if base else fmt_delta(vs),
-                DASH if base else fmt_ps(vs),
-                DASH if base else fmt_wins(vs),
-                arm_status(a),
-            ]
-        )
+    # The report's table without the columns a terminal has no room for.
+    keep = [i for i, h in enumerate(RESULTS_HEADER) if h not in ("non-emb params", "FLOPs")]
+    header = [RESULTS_HEADER[i].replace("baseline", baseline) for i in keep]
+    rows = [header] + [[row[i] for i in keep] for row in results_rows(arms)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     left = {0, len(header) - 1}  # text columns left-aligned, numbers right-aligned
     for i, r in enumerate(rows):

@@ -47,9 +47,27 @@ class RunJob:
                 *base,
                 "--resume",
                 str(self.run_dir),
+                *self.logging_overrides(),
                 *[a for f in self.plugin_files() for a in ("--model-file", f)],
             ]
         return [*base, "--config", str(self.config_path), "--out", str(self.run_dir)]
+
+    def logging_overrides(self) -> list[str]:
+        """--set train.logger / train.logger_tags from the config compare has just written: a resumed run
+        logs as this invocation asks (they change no training, so `lumi train --resume` accepts them)."""
+        import json
+
+        from lumi.errors import LumiError
+        from lumi.io import read_yaml
+
+        try:
+            train = (read_yaml(self.config_path, "run config") or {}).get("train") or {}
+        except (LumiError, AttributeError):
+            return []
+        if "logger" not in train:
+            return []
+        tags = json.dumps([str(t) for t in train.get("logger_tags") or []])
+        return ["--set", f"train.logger={train['logger']}", "--set", f"train.logger_tags={tags}"]
 
     def plugin_files(self) -> list[str]:
         from lumi.errors import LumiError

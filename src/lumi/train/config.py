@@ -26,6 +26,7 @@ OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("wsd", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 FINAL_EVALS = ("full", "subset", "none")
+LOGGERS = ("none", "tensorboard", "wandb")  # live logging of the metrics.jsonl rows (lumi.train.loggers)
 
 
 @dataclass
@@ -93,6 +94,10 @@ class TrainSection:
     allow_leaky: bool = (
         False  # train a model that fails the pre-training probe anyway (the run is marked LEAK)
     )
+    # Live logging (rank 0): every metrics.jsonl row also goes to TensorBoard (RUN/tensorboard/) or wandb.
+    # Neither changes what a run trains: a resume or a comparison may change them (lumi.run.LOGGING_KEYS).
+    logger: str = "none"  # none | tensorboard | wandb
+    logger_tags: list = field(default_factory=list)  # wandb tags (lumi compare adds arm, seed-<k>, name)
 
     @property
     def resolved_init_seed(self) -> int:
@@ -165,6 +170,14 @@ class TrainConfig:
         _one_of(source, "optim.schedule", o.schedule, SCHEDULES)
         _one_of(source, "train.precision", t.precision, PRECISIONS)
         _one_of(source, "train.final_eval", t.final_eval, FINAL_EVALS)
+        _one_of(source, "train.logger", t.logger, LOGGERS)
+        if not isinstance(t.logger_tags, list) or not all(
+            isinstance(tag, str) and tag.strip() for tag in t.logger_tags
+        ):
+            raise LumiError(
+                f"{source}: train.logger_tags must be a list of non-empty strings, e.g. [baseline, seed-0]; "
+                f"got {t.logger_tags!r}"
+            )
         for key, value in [("optim.lr", o.lr), ("optim.muon_lr", o.muon_lr), ("optim.eps", o.eps)]:
             if not value > 0:
                 raise LumiError(f"{source}: {key} must be > 0, got {value}")

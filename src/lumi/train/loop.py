@@ -10,6 +10,9 @@ train row / periodic eval / checkpoint as due. Everything a resumed run needs (w
 RNG, step, token/FLOP counters, loss EMA) is in the checkpoint, and the data order depends only on
 the step, so kill + resume reproduces an uninterrupted run exactly.
 
+Live logging (``train.logger``, lumi.train.loggers): rank 0 passes every metrics.jsonl row to TensorBoard
+or wandb as well, and closes the logger however the session ends.
+
 Safety: one process writes a run directory (an OS lock on ``RUN/.lock``, see lumi.lock); a resume
 imports no plugin file the run directory names (the caller passes them: ``model_files``) and refuses
 a config.yaml edited since the checkpoint (the checkpoint stores the config it was trained with).
@@ -41,7 +44,7 @@ import torch.nn.functional as F
 from lumi.errors import LumiError
 from lumi.io import json_safe
 from lumi.lock import DirectoryLock
-from lumi.run import MetricsLog, Run, config_differences
+from lumi.run import MetricsLog, Run, training_differences
 from lumi.train import checkpoint as ckpt
 from lumi.train.batches import step_batch
 from lumi.train.config import Budget, TrainConfig
@@ -53,6 +56,7 @@ from lumi.train.distributed import (
     broadcast_object,
     setup_distributed,
 )
+from lumi.train.loggers import Logger, NullLogger, open_logger, require_logger, warn
 from lumi.train.optim import build_optimizer
 from lumi.train.runtime import load_data, resolve_autocast, resolve_device, set_threads
 from lumi.train.schedule import lr_multiplier
@@ -179,6 +183,7 @@ def check_run_dir(
     from lumi.models.registry import load_model_file, make_config, require_model_files
 
     config.validate()
+    require_logger(config.train.logger)  # a missing TensorBoard / wandb fails here, before any work
     for f in model_files:  # named by the caller (the command line): these may be imported
         load_model_file(f)
     if not resume:
@@ -199,7 +204,8 @@ def check_run_dir(
     if not resume:
         Run(run_dir).ensure_new()
         return
-    diffs = config_differences(saved.to_dict(), config.to_dict())
+    # train.logger / logger_tags may change: they change how the run is watched, not what it trains.
+    diffs = training_differences(saved.to_dict(), config.to_dict())
     if diffs:
         raise LumiError(
             f"cannot resume {str(run_dir)!r}: its config.yaml differs from the requested config "
@@ -208,7 +214,7 @@ def check_run_dir(
         )
     stored = state.get("config")
     if isinstance(stored, dict):  # config.yaml edited by hand since the checkpoint was written
-        diffs = config_differences(_plain(stored), _plain(saved.to_dict()))
+        diffs = training_differences(_plain(stored), _plain(saved.to_dict()))
         if diffs:
             raise LumiError(
                 f"cannot resume {str(run_dir)!r}: its config.yaml was edited after checkpoint {found} "
@@ -298,6 +304,7 @@ class _Trainer:
         self.last_eval: dict[str, Any] | None = None
         self.last_row: dict[str, Any] = {}
         self.metrics = MetricsLog(run.metrics_path, enabled=False)  # opened by run()
+        self.logger: Logger = NullLogger()  # train.logger on rank 0, opened by run() next to the metrics
         self.progress: Any = None  # a lumi.progress.ProgressLine when showing progress
         self.train_model: torch.nn.Module = self.model
         self.peak: float = 0.0
@@ -383,6 +390,8 @@ class _Trainer:
             if found is not None:
                 self._restore(found)
             if self.info.is_main:
+                if run.config.to_dict() != self.config.to_dict():  # only logging keys (check_run_dir)
+                    run.write_config(self.config)
                 run.truncate_metrics(self.state.step)
                 env = run.env()
                 env.setdefault("resumes", []).append(
@@ -437,6 +446,8 @@ class _Trainer:
             self.unigram = _unigram(self.data)
             run.write_summary(self.summary())
         try:
+            if info.is_main:
+                self.logger = open_logger(self.config, run, self.state.step if self.resume else None)
             self._setup_speed()
             stop.graceful = True
             try:
@@ -468,6 +479,7 @@ class _Trainer:
             raise
         finally:
             self.metrics.close()
+            self._close_logger()
             if self.progress is not None:
                 self.progress.close()
         summary = self.summary()
@@ -620,7 +632,7 @@ class _Trainer:
         )
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
         self.error = f"{what} at step {step}: training stopped; {kept}"
-        self.metrics.write(
+        self._write(
             {
                 "step": self.state.step,
                 "kind": "diverged",
@@ -631,6 +643,29 @@ class _Trainer:
         )
 
     # -- logging, evals, checkpoints ---------------------------------------------------------------
+    def _write(self, row: dict[str, Any]) -> None:
+        """One metrics row: metrics.jsonl (the record), then the live logger. A logger that fails is
+        dropped with a warning: watching the run must not end it."""
+        self.metrics.write(row)
+        if isinstance(self.logger, NullLogger):
+            return
+        try:
+            self.logger.log(row, int(row["step"]))
+        except Exception as e:
+            reason = (str(e).strip().splitlines() or [""])[0]
+            warn(
+                f"{self.logger.kind} logging stopped at step {row['step']} ({type(e).__name__}: {reason}); "
+                f"metrics.jsonl has every row"
+            )
+            self._close_logger()
+
+    def _close_logger(self) -> None:
+        logger, self.logger = self.logger, NullLogger()
+        try:
+            logger.close(self.status)
+        except Exception as e:  # the run's own outcome (or error) matters more
+            warn(f"closing the {logger.kind} logger failed: {type(e).__name__}: {e}")
+
     def _train_row(self, ce: float, aux: float, mult: float, grad_norm: float, tok_per_s: float) -> None:
         s = self.state
         flops_per_s = tok_per_s * self.flops_per_token
@@ -652,7 +687,7 @@ class _Trainer:
             row["aux_loss"] = aux
         for key, value in (self.model.stats() or {}).items():
             row[key if key not in row else f"model_{key}"] = float(value)
-        self.metrics.write(row)
+        self._write(row)
         self.last_row = row
 
     def _eval_due(self) -> bool:
@@ -694,7 +729,7 @@ class _Trainer:
             "final": final,
             "protocol": result["protocol"],
         }
-        self.metrics.write(row)
+        self._write(row)
         return row
 
     def _periodic_eval(self) -> None:
