@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -119,8 +118,8 @@ def test_files_errors(tmp_path):
         load_corpus(f"files:{bad}")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="`datasets` is installed here")
-def test_hf_without_datasets_is_a_clear_error():
+def test_hf_without_datasets_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` fails as if it were not installed
     with pytest.raises(LumiError, match=r"needs the optional `datasets` package"):
         load_corpus("hf:roneneldan/TinyStories")
 
