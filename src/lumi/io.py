@@ -210,12 +210,20 @@ def write_directory(
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write to a temp file, then rename: readers see the old file or the new one, never half of one."""
+    write_file_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def write_file_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` (e.g. a figure's savefig) into a temp sibling, then rename it to ``path``; a failure
+    (a full disk) leaves neither a temp file nor half a ``path``."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_bytes(data)
+        write(tmp)
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise LumiError(
             f"cannot write {path}: {write_error_text(e)}; free disk space or fix permissions"
         ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -6,13 +6,11 @@ import argparse
 import datetime
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-from matplotlib.colors import TABLEAU_COLORS
-
 from lumi.cli.common import add_json_flag, add_verb, print_json
+from lumi.compare.plots import overlay_html, overlay_png
 from lumi.errors import LumiError
 
 HELP = "list runs and comparisons; overlay the validation curves of several runs"
@@ -369,8 +367,8 @@ def _compare(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise LumiError(f"cannot create the directory of --out {str(out)!r}: {e.strerror or e}") from None
-    png = plot_png(curves, out, note)
-    html = plot_html(curves, out.with_suffix(".html"), note)
+    png = overlay_png(curves, out, note)
+    html = overlay_html(curves, out.with_suffix(".html"), note)
     if args.json:
         print_json({"png": str(png), "html": str(html) if html else None, "note": note, "runs": curves})
         return 0
@@ -385,97 +383,3 @@ def _compare(args: argparse.Namespace) -> int:
     print(f"plot: {png}")
     print(f"interactive: {html}" if html else "interactive: (install plotly for an HTML version)")
     return 0
-
-
-def _title(curves: list[dict[str, Any]], note: str | None) -> str:
-    title = f"validation BPB of {len(curves)} run{'s' if len(curves) != 1 else ''} (periodic evals; ★ final)"
-    return title + ("\n(different tokenizers: tokens are not comparable)" if note else "")
-
-
-def plot_png(curves: list[dict[str, Any]], path: Path, note: str | None = None) -> Path:
-    """One line per run: val BPB against tokens trained; the final evaluation as a star."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 5), dpi=120)
-    ax = fig.add_subplot(1, 1, 1)
-    for i, c in enumerate(curves):
-        color = f"C{i % 10}"
-        if c["tokens"]:
-            ax.plot(c["tokens"], c["val_bpb"], color=color, lw=1.6, marker="o", ms=3, label=c["path"])
-        if c["final"]:
-            ax.plot(
-                [c["final"]["tokens"]],
-                [c["final"]["val_bpb"]],
-                color=color,
-                marker="*",
-                ms=11,
-                ls="none",
-                label=None if c["tokens"] else c["path"],
-            )
-    ax.set_xlabel("tokens trained")
-    ax.set_ylabel("validation BPB")
-    ax.set_title(_title(curves, note), fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _replace(path, lambda tmp: fig.savefig(tmp, format="png"))
-
-
-def plot_html(curves: list[dict[str, Any]], path: Path, note: str | None = None) -> Path | None:
-    """The same plot as interactive HTML (plotly.js embedded: opens offline); None without plotly."""
-    try:
-        import plotly.graph_objects as go
-    except ImportError:
-        return None
-    fig = go.Figure()
-    for i, c in enumerate(curves):
-        color = _PALETTE[i % len(_PALETTE)]
-        if c["tokens"]:
-            fig.add_trace(
-                go.Scatter(
-                    x=c["tokens"],
-                    y=c["val_bpb"],
-                    mode="lines+markers",
-                    name=c["path"],
-                    line={"color": color},
-                    legendgroup=c["path"],
-                )
-            )
-        if c["final"]:
-            fig.add_trace(
-                go.Scatter(
-                    x=[c["final"]["tokens"]],
-                    y=[c["final"]["val_bpb"]],
-                    mode="markers",
-                    name=f"{c['path']} (final)",
-                    marker={"symbol": "star", "size": 14, "color": color},
-                    legendgroup=c["path"],
-                )
-            )
-    fig.update_layout(
-        title=_title(curves, note).replace("\n", "<br>"),
-        xaxis_title="tokens trained",
-        yaxis_title="validation BPB",
-        template="plotly_white",
-    )
-    return _replace(path, lambda tmp: fig.write_html(str(tmp), include_plotlyjs=True, full_html=True))
-
-
-# matplotlib's default colour cycle (tab10), so the PNG and the HTML agree
-_PALETTE = tuple(TABLEAU_COLORS.values())
-
-
-def _replace(path: Path, write: Any) -> Path:
-    """Write through a temporary sibling, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise LumiError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

@@ -21,9 +21,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from matplotlib.colors import TABLEAU_COLORS
-
-from lumi.compare.plots import PLOTS, arm_band
+from lumi.compare.plots import PALETTE, PLOTS, arm_band
 from lumi.compare.report import (
     DASH,
     EVAL_HEADER,
@@ -43,8 +41,7 @@ from lumi.compare.report import (
 from lumi.compare.stats import is_number
 
 REPORT_EXTRA = "pip install 'lumi-lab[report]'"
-# matplotlib's default colour cycle (tab10), so the PNG and the HTML agree
-COLORS = tuple(TABLEAU_COLORS.values())
+COLORS = PALETTE  # the PNG plots' colours, so an arm looks the same in both
 # (curve key, button label, axis title, hover format) — the x axes of the curve figures
 X_AXES = (
     ("tokens", "tokens", "training tokens", ",.4s"),

@@ -1,18 +1,21 @@
 """Validation-BPB curves of a comparison: per arm, the mean over seeds with a min–max band.
 
 One PNG per x-axis: tokens, training FLOPs and training wall-clock seconds, all read from the
-periodic eval rows (results["arms"][i]["runs"][j]["curve"]).
+periodic eval rows (results["arms"][i]["runs"][j]["curve"]). Also the overlay of several runs' curves
+that `lumi runs --compare` draws (PNG, and HTML when plotly is installed).
 """
 
 from __future__ import annotations
 
-import os
+import functools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.colors import TABLEAU_COLORS
 
 from lumi.compare.stats import is_number
+from lumi.io import write_file_atomic
 
 # (file name, curve key for x, axis label)
 PLOTS = (
@@ -111,12 +114,91 @@ def make_plots(results: dict[str, Any], comp_dir: str | Path) -> dict[str, Path]
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = comp_dir / fname
-        tmp = path.with_name(f".{fname}.tmp{os.getpid()}")
-        try:
-            fig.savefig(tmp, format="png")
-            os.replace(tmp, path)  # a reader never sees a half-written PNG
-        finally:
-            tmp.unlink(missing_ok=True)
-        written[fname] = path
+        written[fname] = write_file_atomic(comp_dir / fname, functools.partial(fig.savefig, format="png"))
     return written
+
+
+# -- lumi runs --compare ---------------------------------------------------------------------------
+
+# matplotlib's default colour cycle (tab10), so a run has the same colour in the PNG and the HTML
+PALETTE = tuple(TABLEAU_COLORS.values())
+
+
+def _title(curves: list[dict[str, Any]], note: str | None) -> str:
+    title = f"validation BPB of {len(curves)} run{'s' if len(curves) != 1 else ''} (periodic evals; ★ final)"
+    return title + ("\n(different tokenizers: tokens are not comparable)" if note else "")
+
+
+def overlay_png(curves: list[dict[str, Any]], path: Path, note: str | None = None) -> Path:
+    """`lumi runs --compare`: one line per run, val BPB against tokens trained; the final evaluation a star.
+    ``curves``: [{"path", "tokens", "val_bpb", "final": {"tokens", "val_bpb"} | None}]."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), dpi=120)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, c in enumerate(curves):
+        color = f"C{i % 10}"
+        if c["tokens"]:
+            ax.plot(c["tokens"], c["val_bpb"], color=color, lw=1.6, marker="o", ms=3, label=c["path"])
+        if c["final"]:
+            ax.plot(
+                [c["final"]["tokens"]],
+                [c["final"]["val_bpb"]],
+                color=color,
+                marker="*",
+                ms=11,
+                ls="none",
+                label=None if c["tokens"] else c["path"],
+            )
+    ax.set_xlabel("tokens trained")
+    ax.set_ylabel("validation BPB")
+    ax.set_title(_title(curves, note), fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return write_file_atomic(path, functools.partial(fig.savefig, format="png"))
+
+
+def overlay_html(curves: list[dict[str, Any]], path: Path, note: str | None = None) -> Path | None:
+    """The same plot as interactive HTML (plotly.js embedded: opens offline); None without plotly."""
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        return None
+    fig = go.Figure()
+    for i, c in enumerate(curves):
+        color = PALETTE[i % len(PALETTE)]
+        if c["tokens"]:
+            fig.add_trace(
+                go.Scatter(
+                    x=c["tokens"],
+                    y=c["val_bpb"],
+                    mode="lines+markers",
+                    name=c["path"],
+                    line={"color": color},
+                    legendgroup=c["path"],
+                )
+            )
+        if c["final"]:
+            fig.add_trace(
+                go.Scatter(
+                    x=[c["final"]["tokens"]],
+                    y=[c["final"]["val_bpb"]],
+                    mode="markers",
+                    name=f"{c['path']} (final)",
+                    marker={"symbol": "star", "size": 14, "color": color},
+                    legendgroup=c["path"],
+                )
+            )
+    fig.update_layout(
+        title=_title(curves, note).replace("\n", "<br>"),
+        xaxis_title="tokens trained",
+        yaxis_title="validation BPB",
+        template="plotly_white",
+    )
+    return write_file_atomic(
+        path, lambda tmp: fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
+    )
