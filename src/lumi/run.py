@@ -132,11 +132,7 @@ class Run:
 
     def summary(self) -> dict[str, Any] | None:
         """summary.json, or None when absent or unreadable (a run killed while writing it)."""
-        try:
-            data = json.loads(self.summary_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return _json_object(self.summary_path)
 
     def status(self) -> str | None:
         """The recorded status (running, completed, failed, interrupted, diverged ...); 'unknown' for a
@@ -181,11 +177,7 @@ class Run:
 
     def eval_results(self) -> dict[str, Any] | None:
         """eval/results.json of the latest `lumi eval`, or None when absent or unreadable."""
-        try:
-            data = json.loads((self.eval_dir / "results.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return _json_object(self.eval_dir / "results.json")
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint directory (latest, else previous), or None."""
@@ -334,11 +326,7 @@ class Run:
 
     def env(self) -> dict[str, Any]:
         """env.json, or {} when absent or unreadable (it is informative only)."""
-        try:
-            data = json.loads(self.env_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return _json_object(self.env_path) or {}
 
     def mark(self, status: str, error: str, only_if: tuple[str | None, ...] | None = None) -> None:
         """Record ``status`` and ``error`` in summary.json (created if missing). With ``only_if``, only a
@@ -372,12 +360,7 @@ class Run:
     def wandb_run_id(self) -> str:
         """The run's wandb id: created once (rank 0) and kept in loggers.json, so every session of the run,
         resumed ones included, logs to the same wandb run."""
-        try:
-            saved = json.loads(self.loggers_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            saved = {}
-        if not isinstance(saved, dict):
-            saved = {}
+        saved = _json_object(self.loggers_path) or {}
         run_id = saved.get("wandb_id")
         if isinstance(run_id, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", run_id):
             return run_id
@@ -410,6 +393,16 @@ class MetricsLog:
         if self._f is not None:
             self._f.close()
             self._f = None
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object file, or None when it is absent, unreadable or not an object (the run's records are
+    rewritten atomically, but a directory may predate a file or hold one from a killed older version)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -72,8 +72,7 @@ def pack_run(
 
     limit_bytes = pack.parse_size(limit)
     run = Run.open(run_dir)
-    if not pack.codec_available(codec):
-        pack.compress(b"", codec)  # raises the message that says what to install
+    pack.require_codec(codec)
     ckpt = run.checkpoint()
     model, tokenizer = run.load_model_and_tokenizer("cpu", model_files or [], ckpt)
     name = run.config.model.name

@@ -11,7 +11,6 @@ file again (``model_files``); the manifest records its sha256, checked before th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,14 +97,3 @@ def load(
             f"{values.get('vocab_size')}"
         )
     return model.to(device).eval(), tokenizer
-
-
-def describe(directory: Path) -> str:
-    """One line about an export directory, for the CLI."""
-    m = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
-    bpb = m.get("val_bpb")
-    return (
-        f"{m['model']} ({m['params']:,} parameters, tokenizer {m['tokenizer']}"
-        + (f", val BPB {bpb:.4f} in its run" if isinstance(bpb, (int, float)) else "")
-        + ")"
-    )

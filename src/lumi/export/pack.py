@@ -228,11 +228,17 @@ def _zstd() -> Any:
     return zstandard
 
 
-def codec_available(codec: str) -> bool:
-    if codec != "zstd":
-        return True
-    try:
+def require_codec(codec: str) -> None:
+    """LumiError naming what to install (or the codecs there are) unless ``codec`` can run here."""
+    if codec not in CODECS:
+        raise LumiError(f"unknown codec {codec!r}; codecs: {', '.join(CODECS)}")
+    if codec == "zstd":
         _zstd()
+
+
+def codec_available(codec: str) -> bool:
+    try:
+        require_codec(codec)
     except LumiError:
         return False
     return True
