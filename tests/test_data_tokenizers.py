@@ -36,8 +36,14 @@ HARD_TEXTS = [
     "\U0010ffff max code point \U00010000",
     "\u2028 line separator \u2029 paragraph separator \x85 NEL",
     "tabs\t\tand\u00a0nbsp",
+    "\t\tleading tabs and a trailing tab\t",
+    "runs  of   spaces    between     words      and\t \t mixed",
+    "  two leading spaces",
+    "\n\nleading newlines\n\n\n",
+    "\u2581 SentencePiece's space mark \u2581\u2581 as text\u2581",
+    "digits 0123456789 3.14159 1e-9",
     f"text containing the separator name {SEP_TOKEN} literally",
-    "<|endoftext|> <s> </s> [CLS]",
+    "<|endoftext|> <s> </s> [CLS] <unk> <0x41> <pad>",  # special and byte-piece names are just text
     "ĠĊ Ġ these are byte-level alphabet characters themselves",
     "a" * 5000,
 ]
@@ -52,6 +58,37 @@ TRAIN_TEXTS = [
 @pytest.fixture(scope="module")
 def bpe():
     return train_tokenizer("bpe:400", TRAIN_TEXTS)
+
+
+KINDS = ["bytes", "bpe", "sp", "sp-bpe", "file:tokenizer.json", "file:.model"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_of(bpe, tmp_path_factory):
+    """Every tokenizer kind, built once per module: Lumi's own four, and a tokenizer.json and a SentencePiece
+    .model brought as files (the .json written here, GPT-2 style; the .model is sp's, saved)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    root = tmp_path_factory.mktemp("brought")
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator(TRAIN_TEXTS, trainers.BpeTrainer(
+        vocab_size=350, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    (root / "tokenizer.json").write_text(hf.to_str(), encoding="utf-8")
+    sp = train_tokenizer("sp:400", TRAIN_TEXTS)
+    (root / "sp.model").write_bytes(sp.model_proto)
+    made = {
+        "bytes": BytesTokenizer(),
+        "bpe": bpe,
+        "sp": sp,
+        "sp-bpe": train_tokenizer("sp-bpe:400", TRAIN_TEXTS),
+        "file:tokenizer.json": train_tokenizer(f"file:{root / 'tokenizer.json'}", []),
+        "file:.model": train_tokenizer(f"file:{root / 'sp.model'}", []),
+    }
+    return made.__getitem__
 
 
 def _random_text(rng: random.Random, n: int) -> str:
@@ -94,28 +131,31 @@ def test_bytes_tokenizer_layout():
     assert tok.decode([tok.sep_id, 0x61, tok.sep_id]) == "a"  # separators cover no bytes
 
 
-@pytest.mark.parametrize("kind", ["bytes", "bpe"])
-def test_round_trip_and_exact_bytes_on_hard_text(kind, bpe):
-    tok = BytesTokenizer() if kind == "bytes" else bpe
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_and_exact_bytes_on_hard_text(kind, tokenizer_of):
+    tok = tokenizer_of(kind)
     for text in HARD_TEXTS:
         ids = tok.encode(text)
         assert tok.decode(ids) == text, repr(text)
         assert tok.decode_bytes(ids) == text.encode("utf-8")
         assert int(tok.token_bytes[ids].sum()) == len(text.encode("utf-8"))
         assert tok.sep_id not in ids
+        assert tok.round_trip_problem(text, ids) is None  # the library's own decoding agrees too
     batch = tok.encode_batch(HARD_TEXTS)
     assert [b.tolist() for b in batch] == [tok.encode(t) for t in HARD_TEXTS]
+    assert tok.token_bytes[tok.sep_id] == 0
 
 
-@pytest.mark.parametrize("kind", ["bytes", "bpe"])
-def test_round_trip_random_unicode(kind, bpe):
-    tok = BytesTokenizer() if kind == "bytes" else bpe
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_random_unicode(kind, tokenizer_of):
+    tok = tokenizer_of(kind)
     rng = random.Random(1234)
     for _ in range(200):
         text = _random_text(rng, rng.randint(0, 60))
         ids = tok.encode(text)
         assert tok.decode(ids) == text
         assert int(tok.token_bytes[ids].sum()) == len(text.encode("utf-8"))
+        assert tok.round_trip_problem(text, ids) is None
 
 
 def test_bpe_layout(bpe):
@@ -176,9 +216,9 @@ def test_vocab_size_is_respected_and_training_is_deterministic():
     assert BytesTokenizer().fingerprint() != a.fingerprint()
 
 
-@pytest.mark.parametrize("kind", ["bytes", "bpe"])
-def test_save_load_round_trip(kind, bpe, tmp_path):
-    tok = BytesTokenizer() if kind == "bytes" else bpe
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_round_trip(kind, tokenizer_of, tmp_path):
+    tok = tokenizer_of(kind)
     tok.save(tmp_path)
     loaded = load_tokenizer(tmp_path)
     assert type(loaded) is type(tok)
@@ -192,7 +232,7 @@ def test_save_load_round_trip(kind, bpe, tmp_path):
 
 
 def test_load_errors_name_the_file(bpe, tmp_path):
-    with pytest.raises(LumiError, match="lumi_tokenizer.json"):
+    with pytest.raises(LumiError, match=r"lumi_tokenizer\.json"):
         load_tokenizer(tmp_path)
     bpe.save(tmp_path)
     hf_file = tmp_path / "tokenizer.json"
@@ -203,8 +243,22 @@ def test_load_errors_name_the_file(bpe, tmp_path):
     with pytest.raises(LumiError, match="fingerprint"):
         load_tokenizer(tmp_path)
     hf_file.write_text("{not json")
-    with pytest.raises(LumiError, match="tokenizer.json"):
+    with pytest.raises(LumiError, match=r"tokenizer\.json"):
         load_tokenizer(tmp_path)
     hf_file.unlink()
-    with pytest.raises(LumiError, match="tokenizer.json"):
+    with pytest.raises(LumiError, match=r"tokenizer\.json"):
         load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_survives_a_pack_header(kind, tokenizer_of):
+    """`lumi pack` stores the tokenizer inside the artifact (JSON header); every kind comes back the same."""
+    import json
+
+    from lumi.export.pack import _tokenizer_from, _tokenizer_record
+
+    tok = tokenizer_of(kind)
+    back = _tokenizer_from(json.loads(json.dumps(_tokenizer_record(tok))))
+    assert back.fingerprint() == tok.fingerprint() and back.spec == tok.spec
+    for text in HARD_TEXTS:
+        assert back.encode(text) == tok.encode(text)

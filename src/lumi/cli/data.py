@@ -16,13 +16,24 @@ the bytes to validation, deterministic, recorded with content hashes) -> build t
 (BPE is trained on the training split only) -> write train.bin / val.bin + manifest.json.
 Re-running with the same arguments reuses what is valid and says "reused".
 
+Lossless or refused: every document is round-tripped (decode(encode(doc)) == doc byte for byte, and
+its tokens' byte lengths add up to its UTF-8 size). The first document that is not is named with the
+byte offset and both snippets, and the tokenizer is refused, unless --allow-lossy: then BPB divides by
+the ORIGINAL bytes and the loss at the changed positions cannot be attributed (see docs/data.md).
+
 corpora:     shakespeare | milton | pystdlib | files:PATH_OR_GLOB[,...] | hf:NAME[:CONFIG][:SPLIT][:FIELD]
+mixtures:    NAME:WEIGHT,NAME:WEIGHT,...  each corpus keeps its own split; batches sample by weight
 tokenizers:  bytes (256 byte values + separator) | bpe:N (byte-level BPE with N ids, N >= 257)
+             sp:N | sp-bpe:N (SentencePiece unigram / BPE, lossless settings, trained on train only)
+             file:PATH (a tokenizer.json or SentencePiece .model) | hf:NAME (hub tokenizer.json, online)
 
 examples:
   lumi data prepare                                          # shakespeare, bpe:4096
   lumi data prepare --corpus milton --tokenizer bytes
   lumi data prepare --corpus files:notes/,extra.jsonl --tokenizer bpe:2048 --out data/notes
+  lumi data prepare --tokenizer sp:8192
+  lumi data prepare --tokenizer file:gpt2/tokenizer.json
+  lumi data prepare --corpus "shakespeare:0.7,pystdlib:0.3" --tokenizer bpe:4096
 """
 
 
@@ -40,9 +51,18 @@ def add_parser(subparsers) -> None:
         description=PREPARE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    prep.add_argument("--corpus", default="shakespeare", help="corpus spec (default: shakespeare)")
     prep.add_argument(
-        "--tokenizer", default="bpe:4096", help="tokenizer spec: bytes or bpe:N (default: bpe:4096)"
+        "--corpus", default="shakespeare", help="corpus spec or mixture NAME:W,NAME:W (default: shakespeare)"
+    )
+    prep.add_argument(
+        "--tokenizer",
+        default="bpe:4096",
+        help="tokenizer spec: bytes, bpe:N, sp:N, sp-bpe:N, file:PATH or hf:NAME (default: bpe:4096)",
+    )
+    prep.add_argument(
+        "--allow-lossy",
+        action="store_true",
+        help="accept a tokenizer that does not round-trip every document (BPB over the original bytes)",
     )
     prep.add_argument(
         "--out",
@@ -87,7 +107,14 @@ def _print_help(p: argparse.ArgumentParser) -> int:
 def run_prepare(args) -> int:
     from lumi.data.prepare import prepare
 
-    data = prepare(args.corpus, args.tokenizer, out=args.out, progress=not args.json, force=args.force)
+    data = prepare(
+        args.corpus,
+        args.tokenizer,
+        out=args.out,
+        progress=not args.json,
+        force=args.force,
+        allow_lossy=args.allow_lossy,
+    )
     report = _report(data)
     if args.json:
         print_json(report)
@@ -103,9 +130,11 @@ def run_prepare(args) -> int:
         f"(vocabulary {report['vocab_size']}): {status}"
     )
     _print_table(report["splits"])
+    _print_extras(report)
     if not how.get("reused"):
         print(
             f"tokenizing speed: {how['tokenize_mb_per_s']:.2f} MB/s, {how['tokenize_tokens_per_s']:,.0f} tokens/s"
+            f" (round-trip check of every document: {how['round_trip_seconds']:.1f}s)"
         )
     print(f"data: {data.directory}")
     return 0
@@ -154,6 +183,7 @@ def run_info(args) -> int:
         f"(vocabulary {report['vocab_size']}), fingerprint {report['fingerprint'][:12]}"
     )
     _print_table(report["splits"])
+    _print_extras(report)
     if args.verify:
         print("verified: file hashes, token ids and byte totals match the manifest")
     print(f"data: {data.directory}")
@@ -172,8 +202,29 @@ def _report(data) -> dict:
         "fingerprint": data.fingerprint(),
         "splits": data.summary(),
         "duplicates_dropped": len(m["split"]["duplicates_dropped"]),
+        "lossless": data.lossless,
+        "byte_accounting": m["tokenizer"].get("byte_accounting"),
+        "mixture": [
+            {"name": c["name"], "weight": c["weight"], "splits": c["splits"]}
+            for c in (m.get("mixture") or {}).get("corpora", [])
+        ]
+        or None,
         "prepare": data.last_prepare or None,
     }
+
+
+def _print_extras(report: dict) -> None:
+    """A lossy tokenizer's accounting and a mixture's corpora, when there are any."""
+    if not report["lossless"]:
+        lossy = (report.get("prepare") or {}).get("lossy_documents")
+        print(
+            f"LOSSY tokenizer{f' ({lossy} documents changed)' if lossy else ''}: {report['byte_accounting']}"
+        )
+    for c in report["mixture"] or []:
+        print(
+            f"  {c['name']} (weight {c['weight']:g}): train {c['splits']['train']['tokens']:,} tokens, "
+            f"val {c['splits']['val']['tokens']:,} tokens / {c['splits']['val']['bytes'] / 1e6:.2f} MB"
+        )
 
 
 def _print_table(splits: dict) -> None:

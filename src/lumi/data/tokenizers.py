@@ -1,9 +1,13 @@
-"""Lossless tokenizers with exact per-token byte lengths: `bytes` and byte-level `bpe:N`.
+"""Tokenizers with exact per-token byte lengths: `bytes`, byte-level `bpe:N`, SentencePiece `sp:N` /
+`sp-bpe:N`, and the ones researchers bring (`file:PATH` = a tokenizer.json or SentencePiece .model,
+`hf:NAME` = a Hugging Face hub tokenizer).
 
-Both kinds map every token id to a fixed byte string, so
-    * decode(encode(text)) == text for any text that can be written as UTF-8, and
-    * token_bytes[id] is the exact number of UTF-8 bytes the token covers,
-which is what bits-per-byte needs. The document separator covers 0 bytes.
+Every kind maps each token id to a fixed byte string (`token_bytes[id]` is its length), so BPB can
+count the exact bytes a token covers. `bytes` and `bpe` are lossless by construction. The others are
+checked document by document at prepare time (`round_trip_problem`): the tokenizer's own decoding
+must give the text back and the per-token byte strings must join to the document's UTF-8 bytes, or
+the tokenizer is refused for BPB (see lumi.data.prepare and docs/data.md). The document separator
+covers 0 bytes.
 
 A single id (or any slice of a token stream) need not be valid UTF-8 on its own: a BPE token can
 hold half of an emoji. `decode_bytes` returns the exact bytes; `decode` turns them into text and
@@ -31,42 +35,82 @@ SEP_TOKEN = "<|sep|>"  # the BPE separator's name in tokenizer.json; it never ma
 N_SPECIAL = 1  # the separator
 MIN_VOCAB = 256 + N_SPECIAL
 MAX_VOCAB = 1 << 20
+MAX_UINT32_VOCAB = 1 << 32  # token shards store ids as uint32 at most
 META_FILE = "lumi_tokenizer.json"
 HF_FILE = "tokenizer.json"
+SP_FILE = "tokenizer.model"
+SP_KINDS = ("sp", "sp-bpe")  # SentencePiece unigram / BPE, trained by Lumi on the train split
+EXTERNAL_KINDS = ("file", "hf")  # tokenizers researchers bring
+TOKENIZER_FILES = (META_FILE, HF_FILE, SP_FILE)  # every file a tokenizer may save into a data directory
 ACCEPTED = (
-    f'"bytes" (256 byte values + separator) or "bpe:N" (byte-level BPE, {MIN_VOCAB} <= N <= {MAX_VOCAB})'
+    f'"bytes" (256 byte values + separator), "bpe:N" (byte-level BPE, {MIN_VOCAB} <= N <= {MAX_VOCAB}), '
+    '"sp:N" / "sp-bpe:N" (SentencePiece unigram / BPE, lossless settings), "file:PATH" (a tokenizer.json '
+    'or SentencePiece .model) or "hf:NAME" (a Hugging Face hub tokenizer, needs the network once)'
 )
 
 
 @dataclass(frozen=True)
 class TokenizerSpec:
-    kind: str  # "bytes" | "bpe"
-    vocab_size: int  # requested size (bytes: always 257)
+    kind: str  # "bytes" | "bpe" | "sp" | "sp-bpe" | "file" | "hf"
+    vocab_size: int  # requested size (bytes: always 257; file/hf: 0, known once loaded)
+    source: str = ""  # file: the path; hf: the hub name
 
     def __str__(self) -> str:
-        return "bytes" if self.kind == "bytes" else f"bpe:{self.vocab_size}"
+        if self.kind == "bytes":
+            return "bytes"
+        if self.kind in EXTERNAL_KINDS:
+            return f"{self.kind}:{self.source}"
+        return f"{self.kind}:{self.vocab_size}"
 
 
 def parse_tokenizer_spec(spec: str) -> TokenizerSpec:
-    """'bytes' -> bytes tokenizer; 'bpe:N' -> byte-level BPE with N ids (separator included)."""
+    """'bytes', 'bpe:N', 'sp:N', 'sp-bpe:N', 'file:PATH' or 'hf:NAME' (see ACCEPTED).
+
+    A `file:` spec is checked here (the file exists and is a tokenizer.json or a SentencePiece model),
+    so a bad spec fails before any corpus is loaded.
+    """
     text = str(spec).strip()
     if text == "bytes":
         return TokenizerSpec("bytes", MIN_VOCAB)
-    m = re.fullmatch(r"bpe:(\d+)", text)
+    if text.startswith("file:"):
+        from lumi.data.external_tokenizer import check_tokenizer_file
+
+        path = text[len("file:") :].strip()
+        check_tokenizer_file(path)
+        return TokenizerSpec("file", 0, path)
+    if text.startswith("hf:"):
+        name = text[len("hf:") :].strip()
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?", name):
+            raise LumiError(
+                f"tokenizer {spec!r}: {name!r} is not a Hugging Face hub name (e.g. hf:gpt2 or hf:ORG/NAME)"
+            )
+        return TokenizerSpec("hf", 0, name)
+    m = re.fullmatch(r"(bpe|sp|sp-bpe):(\d+)", text)
     if m:
-        n = int(m.group(1))
+        kind, n = m.group(1), int(m.group(2))
+        what = "byte-level BPE" if kind == "bpe" else "SentencePiece with byte fallback"
         if n < MIN_VOCAB:
             raise LumiError(
-                f"tokenizer {spec!r}: vocabulary size {n} is too small; byte-level BPE needs at least "
-                f"{MIN_VOCAB} ids (256 byte values + {N_SPECIAL} separator), e.g. bpe:4096"
+                f"tokenizer {spec!r}: vocabulary size {n} is too small; {what} needs at least "
+                f"{MIN_VOCAB} ids (256 byte values + {N_SPECIAL} separator), e.g. {kind}:4096"
             )
+        check_vocab_fits(n, f"tokenizer {spec!r}")
         if n > MAX_VOCAB:
             raise LumiError(
                 f"tokenizer {spec!r}: vocabulary size {n} is larger than the supported {MAX_VOCAB}"
             )
-        return TokenizerSpec("bpe", n)
-    hint = closest(text.split(":")[0], ["bytes", "bpe"])
+        return TokenizerSpec(kind, n)
+    hint = closest(text.split(":")[0], ["bytes", "bpe", "sp", "sp-bpe", "file", "hf"])
     raise LumiError(f"unknown tokenizer spec {spec!r}{hint}; accepted: {ACCEPTED}")
+
+
+def check_vocab_fits(vocab_size: int, what: str) -> None:
+    """Token shards hold uint32 ids at most: a larger vocabulary is refused, naming ``what``."""
+    if vocab_size > MAX_UINT32_VOCAB:
+        raise LumiError(
+            f"{what}: vocabulary of {vocab_size:,} ids does not fit uint32 token ids "
+            f"(at most {MAX_UINT32_VOCAB:,})"
+        )
 
 
 class Tokenizer:
@@ -93,6 +137,27 @@ class Tokenizer:
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Text of the ids; incomplete UTF-8 (e.g. half an emoji at a slice edge) becomes U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def own_decode(self, ids: Sequence[int] | np.ndarray) -> str | None:
+        """The tokenizer library's own decoding of ids, when it differs from joining `token_bytes`
+        (SentencePiece, tokenizer.json); None for kinds whose decoding *is* that join."""
+        return None
+
+    def round_trip_problem(self, text: str, ids: Sequence[int] | np.ndarray) -> str | None:
+        """None when ``ids`` give ``text`` back exactly, else where they first differ (one line).
+
+        Both must hold: the library's own decoding gives the text back, and the per-token byte strings
+        (what BPB counts) join to exactly the text's UTF-8 bytes.
+        """
+        original = _utf8(text)
+        own = self.own_decode(ids)
+        if own is not None and own != text:
+            decoded = own.encode("utf-8", errors="surrogatepass")
+            return _first_difference(original, decoded, "decoding gives")
+        joined = self.decode_bytes(ids)
+        if joined != original:
+            return _first_difference(original, joined, "the per-token byte strings give")
+        return None
 
     def fingerprint(self) -> str:
         """sha256 of the tokenizer definition: equal fingerprints tokenize identically."""
@@ -226,14 +291,23 @@ class BpeTokenizer(Tokenizer):
 
 
 def train_tokenizer(spec: str, train_texts: Iterable[str]) -> Tokenizer:
-    """Build the tokenizer named by `spec`. BPE is trained on `train_texts` (the TRAIN split only).
+    """Build the tokenizer named by `spec`. BPE and SentencePiece are trained on `train_texts` (the TRAIN
+    split only); `file:` and `hf:` tokenizers are loaded as they are (`train_texts` is not read).
 
-    BPE may end up with fewer than N ids when the text has too few distinct pairs to merge;
+    BPE and SentencePiece may end up with fewer than N ids when the text has too few distinct pieces;
     `vocab_size` is always the real size.
     """
     parsed = parse_tokenizer_spec(spec)
     if parsed.kind == "bytes":
         return BytesTokenizer()
+    if parsed.kind in SP_KINDS:
+        from lumi.data.sp_tokenizer import train_sentencepiece
+
+        return train_sentencepiece(parsed, train_texts)
+    if parsed.kind in EXTERNAL_KINDS:
+        from lumi.data.external_tokenizer import load_external
+
+        return load_external(parsed)
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -268,8 +342,15 @@ def load_tokenizer(directory: Path) -> Tokenizer:
             raise
         except Exception as e:  # a damaged tokenizer.json
             raise LumiError(f"{hf_path}: not a valid BPE tokenizer file ({type(e).__name__}: {e})") from None
+    elif kind in SP_KINDS or kind in EXTERNAL_KINDS:
+        from lumi.data.external_tokenizer import load_saved
+
+        tok = load_saved(directory, meta)
     else:
-        raise LumiError(f"{meta_path}: unknown tokenizer kind {kind!r}; accepted: 'bytes', 'bpe'")
+        raise LumiError(
+            f"{meta_path}: unknown tokenizer kind {kind!r}; accepted: 'bytes', 'bpe', 'sp', 'sp-bpe', "
+            "'file', 'hf'"
+        )
     if expected != tok.fingerprint():
         raise LumiError(
             f"{directory}: tokenizer files do not match the fingerprint recorded in {META_FILE} "
@@ -318,6 +399,23 @@ def _id_byte_strings(vocab: dict[str, int], vocab_size: int, sep_id: int) -> lis
             "BPE vocabulary lacks some of the 256 single-byte tokens, so some text could not be encoded"
         )
     return strings
+
+
+def _first_difference(original: bytes, got: bytes, how: str) -> str:
+    """'at byte offset N the text has 'abc' but <how> 'abd'' with ~20 characters of each side."""
+    offset = next(
+        (i for i, (a, b) in enumerate(zip(original, got, strict=False)) if a != b),
+        min(len(original), len(got)),
+    )
+    start = max(0, offset - 4)  # a little context before the first differing byte
+
+    def snippet(data: bytes) -> str:
+        return repr(data[start : offset + 20].decode("utf-8", errors="replace"))
+
+    return (
+        f"at byte offset {offset} the text has {snippet(original)} but {how} {snippet(got)} "
+        f"({len(original)} vs {len(got)} bytes in all)"
+    )
 
 
 def _utf8(text: str) -> bytes:

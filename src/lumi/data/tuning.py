@@ -3,7 +3,8 @@
 ``carve_tuning_split(data)`` writes a derived prepared directory whose ``train.bin`` is the first ~90%
 of the parent's training stream and whose ``val.bin`` is the rest, cut at a document separator so no
 document is on both sides. Tuning runs are ordinary `lumi train` runs on that directory: their "val" BPB
-is the tuning-split BPB. The parent's validation split is never read or copied; final runs still train
+is the tuning-split BPB. A mixture's corpora are each cut on their own (the tuning split holds every corpus,
+and the ranges in the manifest say where). The parent's validation split is never read or copied; final runs still train
 on the parent's full training split and are scored on its validation split.
 """
 
@@ -19,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from lumi.data.paths import lumi_home
-from lumi.data.prepare import MANIFEST, PreparedData, load_prepared
+from lumi.data.prepare import BYTES_DTYPE, MANIFEST, PreparedData, load_prepared
 from lumi.data.shards import write_shard
+from lumi.data.tokenizers import TOKENIZER_FILES
 from lumi.errors import LumiError
 
 TUNE_FRACTION = 0.1  # of the training tokens, held out for scoring the tuning runs
-TOKENIZER_FILES = ("lumi_tokenizer.json", "tokenizer.json")
 
 
 def tuning_dir(data: PreparedData, fraction: float = TUNE_FRACTION) -> Path:
@@ -65,13 +66,24 @@ def carve_tuning_split(
             pass
         shutil.rmtree(out)
     tokens = np.asarray(data.tokens("train"))
-    cut = cut_position(tokens, data.tokenizer.sep_id, fraction)
+    charged = np.asarray(data.target_bytes("train"))
+    # Each corpus (one, or a mixture's) is cut on its own, so the tuning split holds every corpus.
+    ranges = data.corpus_ranges("train")
+    cuts = {name: start + cut_position(tokens[start:end], data.tokenizer.sep_id, fraction)
+            for name, (start, end) in ranges.items()}  # fmt: skip
+    pieces = {
+        "train": [(name, start, cuts[name]) for name, (start, _) in ranges.items()],
+        "val": [(name, cuts[name], end) for name, (_, end) in ranges.items()],
+    }
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")  # another process may carve the same split
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     dtype = tokens.dtype
     splits = {}
-    for name, part in (("train", tokens[:cut]), ("val", tokens[cut:])):
+    new_ranges: dict[str, dict[str, dict]] = {name: {} for name in ranges}
+    for name, parts in pieces.items():
+        part = np.concatenate([tokens[a:b] for _, a, b in parts])
+        nbytes = np.concatenate([charged[a:b] for _, a, b in parts])
         path = tmp / f"{name}.bin"
         write_shard(path, part, dtype)
         from lumi.data.download import sha256_file
@@ -80,10 +92,24 @@ def carve_tuning_split(
             "file": path.name,
             "dtype": np.dtype(dtype).name,
             "documents": int(np.count_nonzero(part == data.tokenizer.sep_id)),
-            "bytes": int(data.tokenizer.token_bytes[part].sum()),
+            "bytes": int(nbytes.sum()),
             "tokens": len(part),
             "sha256": sha256_file(path),
         }
+        if not data.lossless:  # the parent's per-position charges travel with the tokens
+            write_shard(tmp / f"{name}.bytes.bin", nbytes, BYTES_DTYPE)
+            splits[name]["bytes_file"] = f"{name}.bytes.bin"
+            splits[name]["bytes_sha256"] = sha256_file(tmp / f"{name}.bytes.bin")
+        at = 0
+        for corpus, a, b in parts:
+            new_ranges[corpus][name] = {
+                "start": at,
+                "end": at + (b - a),
+                "documents": int(np.count_nonzero(tokens[a:b] == data.tokenizer.sep_id)),
+                "bytes": int(charged[a:b].sum()),
+                "tokens": b - a,
+            }
+            at += b - a
     for f in TOKENIZER_FILES:
         if (data.directory / f).is_file():
             shutil.copyfile(data.directory / f, tmp / f)
@@ -91,13 +117,15 @@ def carve_tuning_split(
     manifest["fingerprint"] = fingerprint
     manifest["splits"] = splits
     manifest["documents"] = []  # the parent's assignment lists validation documents: not carried over
+    for entry in (manifest.get("mixture") or {}).get("corpora", []):
+        entry["splits"] = new_ranges[entry["name"]]
     manifest["tuning_split"] = {
         "parent": str(data.directory),
         "parent_fingerprint": data.fingerprint(),
         "fraction": fraction,
-        "cut_token": cut,
+        "cut_token": cuts if len(cuts) > 1 else next(iter(cuts.values())),
         "parent_train_tokens": len(tokens),
-        "method": "the parent's training stream cut at the document separator nearest (1 - fraction); "
+        "method": "each corpus's training stream cut at the document separator nearest (1 - fraction); "
         "train = before the cut, val (the tuning split) = after it; the parent's validation split is "
         "not used",
     }

@@ -245,17 +245,35 @@ def codec_available(codec: str) -> bool:
 
 
 def _tokenizer_record(tokenizer: Tokenizer) -> dict[str, Any]:
-    from lumi.data.tokenizers import BpeTokenizer
+    """bytes: the spec; bpe: its definition (JSON); any other kind (sp, file, hf): the files it saves."""
+    import base64
+    import tempfile
 
-    definition = tokenizer.definition if isinstance(tokenizer, BpeTokenizer) else None
-    return {"spec": tokenizer.spec, "definition": definition}
+    from lumi.data.tokenizers import BpeTokenizer, BytesTokenizer
+
+    if isinstance(tokenizer, BytesTokenizer):
+        return {"spec": tokenizer.spec, "definition": None}
+    if isinstance(tokenizer, BpeTokenizer):
+        return {"spec": tokenizer.spec, "definition": tokenizer.definition}
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save(Path(tmp))
+        files = {p.name: base64.b64encode(p.read_bytes()).decode("ascii") for p in sorted(Path(tmp).iterdir())}
+    return {"spec": tokenizer.spec, "files": files}
 
 
 def _tokenizer_from(record: dict[str, Any]) -> Tokenizer:
-    from lumi.data.tokenizers import BpeTokenizer, BytesTokenizer
+    import base64
+    import tempfile
+
+    from lumi.data.tokenizers import BpeTokenizer, BytesTokenizer, load_tokenizer
 
     if record.get("spec") == "bytes":
         return BytesTokenizer()
+    if isinstance(record.get("files"), dict):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, data in record["files"].items():
+                (Path(tmp) / Path(name).name).write_bytes(base64.b64decode(data))
+            return load_tokenizer(Path(tmp))
     if record.get("definition") is None:
         raise LumiError(f"the pack's tokenizer {record.get('spec')!r} has no definition")
     return BpeTokenizer(json.dumps(record["definition"], ensure_ascii=False), str(record["spec"]))

@@ -163,6 +163,53 @@ def evaluate_bpb(
     return {**_result(acc, protocol), "by_position": by_position if world_size == 1 else None}
 
 
+def evaluate_bpb_by_corpus(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    target_bytes: np.ndarray,
+    ranges: dict[str, tuple[int, int]],
+    seq_len: int,
+    batch_size: int,
+    device: torch.device | str,
+    max_targets: int | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """``evaluate_bpb`` on each corpus's own stream of a mixture (``ranges``: name -> [start, end)), and the
+    byte-weighted total: bpb = (sum of every corpus's nats) / (ln 2 x sum of their bytes), so the per-corpus
+    numbers sum to the total exactly by bytes. ``max_targets`` is shared equally between the corpora.
+
+    Returns the total in evaluate_bpb's form plus ``by_corpus`` (name -> bpb, loss, nats, bytes, targets).
+    """
+    share = None if max_targets is None else max(1, -(-max_targets // max(1, len(ranges))))
+    parts: dict[str, dict[str, Any]] = {}
+    for name, (start, end) in ranges.items():
+        parts[name] = evaluate_bpb(
+            model, tokens[start:end], target_bytes[start:end], seq_len, batch_size, device,
+            max_targets=share, **kwargs,
+        )  # fmt: skip
+    acc = BpbAccumulator(
+        nll_nats=sum(r["nats"] for r in parts.values()),
+        bytes=sum(r["bytes"] for r in parts.values()),
+        targets=sum(r["targets"] for r in parts.values()),
+    )
+    first = next(iter(parts.values()))["protocol"]
+    protocol = {
+        **first,
+        "windows": sum(r["protocol"]["windows"] for r in parts.values()),
+        "targets": acc.targets,
+        "bytes": acc.bytes,
+        "documents": f"{PROTOCOL_DOCUMENTS}, within each corpus of the mixture",
+        "subset": "full split of every corpus"
+        if all(r["protocol"]["subset"] == "full split" for r in parts.values())
+        else f"first {share} targets of each corpus",
+        "corpora": "each corpus scored on its own stream; total = nats summed / bytes summed",
+    }
+    by_corpus = {
+        name: {k: r[k] for k in ("bpb", "loss", "nats", "bytes", "targets")} for name, r in parts.items()
+    }
+    return {**_result(acc, protocol), "by_position": None, "by_corpus": by_corpus}
+
+
 def _all_reduce_acc(acc: BpbAccumulator, device: torch.device) -> BpbAccumulator:
     import torch.distributed as dist
 
@@ -197,6 +244,7 @@ def _result(acc: BpbAccumulator, protocol: dict[str, Any]) -> dict[str, Any]:
     return {
         "bpb": acc.bpb,
         "loss": acc.nats_per_target,
+        "nats": acc.nll_nats,
         "bytes": acc.bytes,
         "targets": acc.targets,
         "protocol": protocol,

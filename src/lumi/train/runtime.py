@@ -54,11 +54,16 @@ def load_data(config: TrainConfig, progress: bool, info: DistInfo) -> PreparedDa
         data = load_prepared(Path(d.dir))
     elif info.enabled and not info.is_main:
         barrier(info)  # rank 0 prepares; the others then reuse its output
-        data = prepare(d.corpus, d.tokenizer, progress=False)
+        data = prepare(d.corpus, d.tokenizer, progress=False, allow_lossy=d.allow_lossy)
     else:
-        data = prepare(d.corpus, d.tokenizer, progress=progress)
+        data = prepare(d.corpus, d.tokenizer, progress=progress, allow_lossy=d.allow_lossy)
         barrier(info)
     # Corruption that stays inside the vocabulary (the id check on open cannot see it) would train
     # silently: hash every shard once per session (~0.3 s per 100 MB of tokens).
     data.verify_hashes()
+    if not data.lossless and not d.allow_lossy:
+        raise LumiError(
+            f"{data.directory}: its tokenizer {data.tokenizer.spec} is lossy (prepared with --allow-lossy); "
+            "set data.allow_lossy=true to train on it (BPB is then over the original bytes)"
+        )
     return data
