@@ -115,3 +115,15 @@ def test_missing_run_dirs_are_reported_not_fatal(tmp_path):
     assert results["arms"][1]["vs_baseline"]["verdict"] == "not enough seeds"
     files = write_report(results, tmp_path)
     assert "report" in files and not any(k.endswith(".png") for k in files)
+
+
+def test_a_single_arm_comparison_has_results_and_each_arm_gets_its_own_notes(tmp_path):
+    spec = spec_from_dict({"arms": ["llama:nano"], "seeds": 2, "budget": "100steps"}, "x")
+    results = collect_results(spec, tmp_path)  # no other arm to pair with: no paired statistics, no crash
+    assert results["arms"][0]["vs_baseline"] is None
+    spec = spec_from_dict({"arms": ["llama:nano", "a=llama:nano+mlp=relu2", "b=llama:nano+mlp=gelu"],
+                           "seeds": 2, "budget": "100steps"}, "x")
+    notes = collect_results(spec, tmp_path)["notes"]
+    # Each arm's pairing notes once, under its own label (the baseline has no pairing of its own).
+    assert [n for n in notes if "paired" in n] == [
+        "a: no paired seeds: nothing to compare yet", "b: no paired seeds: nothing to compare yet"]

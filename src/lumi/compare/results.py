@@ -236,10 +236,10 @@ def collect_results(
         values = {r["seed"]: r["final_val_bpb"] for r in a["runs"] if r["usable"]}
         vs = compare_paired(a["label"], base["label"], values, base_values, threshold=spec.threshold)
         a["vs_baseline"] = withhold_verdict(vs.to_dict(), a, base)
-    for a in arms:
-        a["evals"] = {m.name: eval_entry(m, a, base, spec.threshold) for m in metrics}
         # The paired notes mostly start with the arm's label already; do not say it twice.
         all_notes += [n if n.startswith(f"{a['label']} ") else f"{a['label']}: {n}" for n in vs.notes]
+    for a in arms:
+        a["evals"] = {m.name: eval_entry(m, a, base, spec.threshold) for m in metrics}
 
     for a in arms:
         for r in a["runs"]:
