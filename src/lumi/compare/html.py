@@ -21,6 +21,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from lumi.compare.bench import BENCH_HEADER, bench_caption, bench_rows
 from lumi.compare.plots import PALETTE, PLOTS, arm_band
 from lumi.compare.report import (
     DASH,
@@ -305,6 +306,15 @@ def _evaluations(arms: list[dict[str, Any]], baseline: str) -> str:
         return ""
     header = [c.replace("baseline", baseline) for c in EVAL_HEADER]
     return "<h2>Evaluations</h2>\n" + _table(header, [list(r) for r in rows], num=(2, 3, 4, 6))
+
+
+def _bench(bench: dict[str, Any] | None) -> str:
+    rows = bench_rows(bench)
+    if not bench or not rows:
+        return ""
+    return f"<h2>Inference speed</h2>\n<p>{_e(bench_caption(bench))}</p>\n" + _table(
+        BENCH_HEADER, [list(r) for r in rows], num=(1, 2, 3, 4, 5)
+    )
 
 
 def _checks(arms: list[dict[str, Any]]) -> str:
@@ -724,6 +734,7 @@ def render_html(results: dict[str, Any], comp_dir: Path) -> str:
         _seeds_rule(results.get("seeds_rule")),
         _tuning(results.get("tuning")),
         _evaluations(arms, baseline),
+        _bench(results.get("bench")),
         "<h2>Every seed</h2>",
         _table(header, rows, classes, num=tuple(i for i in range(1, len(header) - 2) if i != 2)),
         _checks(arms),

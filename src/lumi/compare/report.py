@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from lumi.compare.bench import BENCH_HEADER, bench_caption, bench_rows
 from lumi.compare.stats import is_number
 
 DASH = "–"  # a missing value
@@ -383,6 +384,7 @@ def render_markdown(
     out += seeds_rule_lines(results.get("seeds_rule"))
     out += tuning_lines(results.get("tuning"))
     out += eval_lines(arms, baseline)
+    out += bench_lines(results.get("bench"))
 
     header, rows, _ = seed_rows(arms)
     out += ["## Every seed", "", _row(header), "|" + "---|" * len(header), *(_row(r) for r in rows), ""]
@@ -457,6 +459,23 @@ def eval_lines(arms: list[dict[str, Any]], baseline: str) -> list[str]:
         return []
     header = [c.replace("baseline", baseline) for c in EVAL_HEADER]
     return ["## Evaluations", "", _row(header), "|" + "---|" * len(header), *(_row(r) for r in rows), ""]
+
+
+def bench_lines(bench: dict[str, Any] | None) -> list[str]:
+    """'## Inference speed' (lumi compare --bench; see compare/bench.py)."""
+    rows = bench_rows(bench)
+    if not bench or not rows:
+        return []
+    return [
+        "## Inference speed",
+        "",
+        bench_caption(bench),
+        "",
+        _row(BENCH_HEADER),
+        "|" + "---|" * len(BENCH_HEADER),
+        *(_row(r) for r in rows),
+        "",
+    ]
 
 
 def seeds_rule_lines(rule: dict[str, Any] | None) -> list[str]:
@@ -622,6 +641,13 @@ def print_table(results: dict[str, Any], file: TextIO | None = None) -> None:
         table = [[c.replace("baseline", baseline) for c in EVAL_HEADER], *evals]
         widths = [max(len(r[i]) for r in table) for i in range(len(EVAL_HEADER))]
         print("\nevaluations (per seed, paired with the baseline):", file=f)
+        for r in table:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=f)
+    bench = bench_rows(results.get("bench"))
+    if bench:
+        table = [BENCH_HEADER, *bench]
+        widths = [max(len(r[i]) for r in table) for i in range(len(BENCH_HEADER))]
+        print(f"\ninference speed ({bench_caption(results['bench'])}):", file=f)
         for r in table:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=f)
     rule = results.get("seeds_rule")

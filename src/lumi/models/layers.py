@@ -26,18 +26,20 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 for stability under bf16 autocast, as HF Llama does.
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        # One fused kernel, in float32 for stability under bf16 autocast (as HF Llama normalises).
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding in the half-split layout HF Llama uses (rotate_half).
 
-    Cos/sin tables are computed on demand and cached per (length, device); positions may be
-    offset (for KV-cached decoding).
+    ``cos_sin`` returns tables for positions offset..offset+T-1 (offset > 0 when decoding with a
+    cache): cos, and sin with the sign of rotate_half folded in ([-sin, sin]), so ``rotate`` is two
+    multiplies, one add and a flip (no slicing, negation or concatenation in forward or backward).
+    The tables are computed once per device for a capacity that doubles when a longer sequence comes,
+    so decoding does not rebuild them per token.
     """
 
     inv_freq: torch.Tensor  # buffer
@@ -49,38 +51,65 @@ class RotaryEmbedding(nn.Module):
         self.head_dim = head_dim
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def cos_sin(self, seq_len: int, offset: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (offset + seq_len, device)
-        if key not in self._cache:
-            pos = torch.arange(offset + seq_len, device=device, dtype=torch.float32)
-            freqs = torch.outer(pos, self.inv_freq.to(device))
-            emb = torch.cat([freqs, freqs], dim=-1)
-            self._cache = {key: (emb.cos(), emb.sin())}  # keep only the latest length
-        cos, sin = self._cache[key]
-        return cos[offset:], sin[offset:]
+        end = offset + seq_len
+        tables = self._tables
+        if tables is None or tables[0].shape[0] < end or tables[0].device != torch.device(device):
+            capacity = max(end, 2 * tables[0].shape[0] if tables is not None else 0)
+            # Ordinary tensors even when first needed while decoding under inference_mode: a later
+            # training step multiplies by them and autograd must be able to save them.
+            with torch.inference_mode(False):
+                pos = torch.arange(capacity, device=device, dtype=torch.float32)
+                freqs = torch.outer(pos, self.inv_freq.to(device))
+                cos, sin = freqs.cos(), freqs.sin()
+                tables = self._tables = (torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1))
+        return tables[0][offset:end], tables[1][offset:end]
 
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x: [B, H, T, D]; cos/sin: [T, D]."""
-        half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:]
-        rotated = torch.cat([-x2, x1], dim=-1)
-        return (x * cos.to(x.dtype)) + (rotated * sin.to(x.dtype))
+        """x: [B, H, T, D]; cos/sin: [T, D] from ``cos_sin``. x * cos + rotate_half(x) * sin, where
+        rotate_half(x) = [-x2, x1]: the halves swapped by a flip, the minus sign being in the table."""
+        swapped = x.unflatten(-1, (2, x.shape[-1] // 2)).flip(-2).flatten(-2)
+        return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
 
 
 @dataclass
 class LayerKVCache:
-    """Keys/values of one attention layer for cached decoding ([B, H_kv, T_so_far, D])."""
+    """Keys/values of one attention layer for cached decoding.
+
+    ``k`` and ``v`` ([B, H_kv, T_so_far, D]) are views of preallocated buffers whose capacity doubles
+    when full, so appending a token writes one slice instead of copying the whole cache (a ``torch.cat``
+    per layer and token was a fifth of llama:tiny's decode time). The buffers are private: what the
+    cache holds is ``k`` and ``v``.
+    """
 
     k: torch.Tensor | None = None
     v: torch.Tensor | None = None
+    _k_buffer: torch.Tensor | None = field(default=None, repr=False)
+    _v_buffer: torch.Tensor | None = field(default=None, repr=False)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        start, end = self.length, self.length + k.shape[2]
+        if self._k_buffer is None or self._v_buffer is None or end > self._k_buffer.shape[2]:
+            capacity = max(end, 2 * start, 16)
+            self._k_buffer, self._v_buffer = (
+                self._grown(self.k, k, capacity),
+                self._grown(self.v, v, capacity),
+            )
+        self._k_buffer[:, :, start:end] = k
+        self._v_buffer[:, :, start:end] = v
+        self.k, self.v = self._k_buffer[:, :, :end], self._v_buffer[:, :, :end]
         return self.k, self.v
+
+    @staticmethod
+    def _grown(old: torch.Tensor | None, new: torch.Tensor, capacity: int) -> torch.Tensor:
+        b, h, _, d = new.shape
+        buffer = new.new_empty(b, h, capacity, d)
+        if old is not None:
+            buffer[:, :, : old.shape[2]] = old
+        return buffer
 
     @property
     def length(self) -> int:
@@ -98,8 +127,8 @@ class KVCache:
         """Cached numbers per token (summed over layers) — what a cache-size comparison reports."""
         total = 0
         for layer in self.layers:
-            for t in vars(layer).values():
-                if isinstance(t, torch.Tensor):
+            for name, t in vars(layer).items():  # private attributes are capacity, not content
+                if isinstance(t, torch.Tensor) and not name.startswith("_"):
                     total += t.shape[1] * t.shape[-1] if t.dim() == 4 else t.shape[-1]
         return total
 
