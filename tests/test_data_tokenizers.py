@@ -192,11 +192,12 @@ def test_partial_utf8_decodes_with_replacement(bpe):
     assert b"".join(bpe.decode_bytes([i]) for i in ids).decode("utf-8") == "naïve 中文 😀"
 
 
-def test_out_of_range_ids_are_rejected(bpe):
-    with pytest.raises(ValueError, match="outside"):
-        BytesTokenizer().decode([300])
-    with pytest.raises(ValueError, match="outside"):
-        bpe.decode([bpe.vocab_size])
+@pytest.mark.parametrize("kind", KINDS)
+def test_out_of_range_ids_are_rejected(kind, tokenizer_of):
+    tok = tokenizer_of(kind)
+    for bad in (tok.vocab_size, -1):  # a negative id must not index the table from its end
+        with pytest.raises(ValueError, match="outside"):
+            tok.decode([bad])
 
 
 @pytest.mark.parametrize("kind", ["bytes", "bpe"])

@@ -40,21 +40,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("models", nargs="+", metavar="MODEL[:PRESET]", help="models to measure, e.g. llama:micro")
     add_model_file_arg(p)
     p.add_argument("--hf", action="store_true", help="add HF LlamaForCausalLM twins of the llama models")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's, usually the core count)")
-    p.add_argument("--seq-len", type=int, default=256, help="training/prefill sequence length (default 256)")
-    p.add_argument("--batch", type=int, default=8, help="training/prefill batch size (default 8)")
-    p.add_argument("--prompt-len", type=int, default=64, help="decode prompt length (default 64)")
-    p.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per sequence (default 64)")
-    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size (default 4096, bpe:4096)")
-    p.add_argument("--rounds", type=int, default=5, help="measured rounds after the warm-up (default 5)")
-    p.add_argument("--train-steps", type=int, default=2, help="optimizer steps timed per round (default 2)")
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads (default: torch's, usually the core count)"
+    )
+    p.add_argument(
+        "--seq-len", type=int, metavar="T", default=256, help="training/prefill sequence length (default 256)"
+    )
+    p.add_argument(
+        "--batch", type=int, metavar="B", default=8, help="training/prefill batch size (default 8)"
+    )
+    p.add_argument(
+        "--prompt-len", type=int, metavar="P", default=64, help="decode prompt length (default 64)"
+    )
+    p.add_argument(
+        "--new-tokens", type=int, metavar="N", default=64, help="tokens decoded per sequence (default 64)"
+    )
+    p.add_argument(
+        "--vocab-size", type=int, metavar="V", default=4096, help="vocabulary size (default 4096, bpe:4096)"
+    )
+    p.add_argument(
+        "--rounds", type=int, metavar="R", default=5, help="measured rounds after the warm-up (default 5)"
+    )
+    p.add_argument(
+        "--train-steps", type=int, metavar="S", default=2, help="optimizer steps timed per round (default 2)"
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N | mps")
     p.add_argument(
         "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 autocast on CUDA"
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the Lumi models (HF stays eager)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    p.add_argument("--out", type=Path, help="where the JSON result goes (default bench/<time>.json)")
+    p.add_argument(
+        "--out", type=Path, metavar="FILE.json", help="where the JSON result goes (default bench/<time>.json)"
+    )
     add_json_flag(p)
     p.set_defaults(func=run)
 

@@ -31,6 +31,7 @@ from lumi.data.tokenizers import (
     _byte_alphabet,
     _utf8,
     check_vocab_fits,
+    join_token_bytes,
 )
 from lumi.errors import LumiError
 from lumi.io import write_bytes_atomic
@@ -168,12 +169,7 @@ class HfJsonTokenizer(Tokenizer):
         return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
 
     def decode_bytes(self, ids: Sequence[int] | np.ndarray) -> bytes:
-        flat = np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
-        bad = [i for i in flat if not 0 <= i < self.vocab_size][:1]
-        if bad:
-            raise ValueError(f"token id {bad[0]} is outside the vocabulary 0..{self.vocab_size - 1}")
-        table = self._id_bytes
-        return b"".join([table[i] for i in flat])
+        return join_token_bytes(self._id_bytes, ids)
 
     def own_decode(self, ids: Sequence[int] | np.ndarray) -> str | None:
         flat = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist()]

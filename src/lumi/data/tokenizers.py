@@ -265,12 +265,7 @@ class BpeTokenizer(Tokenizer):
         return [np.asarray(e.ids, dtype=np.int64) for e in encodings]
 
     def decode_bytes(self, ids: Sequence[int] | np.ndarray) -> bytes:
-        table = self._id_bytes
-        try:
-            return b"".join([table[i] for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist()])
-        except IndexError:
-            bad = next(i for i in np.asarray(ids).reshape(-1).tolist() if not 0 <= i < self.vocab_size)
-            raise ValueError(f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}") from None
+        return join_token_bytes(self._id_bytes, ids)
 
     @property
     def definition(self) -> dict:
@@ -357,6 +352,16 @@ def load_tokenizer(directory: Path) -> Tokenizer:
             f"(edited or damaged); re-run `lumi data prepare`"
         )
     return tok
+
+
+def join_token_bytes(table: Sequence[bytes], ids: Sequence[int] | np.ndarray) -> bytes:
+    """The bytes of ``ids`` from a per-id byte table; ValueError naming the first id outside it (a negative
+    id must not silently index from the end)."""
+    flat = np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
+    bad = [i for i in flat if not 0 <= i < len(table)][:1]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside the vocabulary 0..{len(table) - 1}")
+    return b"".join([table[i] for i in flat])
 
 
 # GPT-2 style byte <-> printable character table used by the ByteLevel pre-tokenizer: printable
