@@ -15,6 +15,7 @@ import numpy as np
 from lumi.errors import LumiError
 
 if TYPE_CHECKING:
+    from lumi.data.corpora import Document
     from lumi.data.tokenizers import Tokenizer
     from lumi.run import Run
 
@@ -42,21 +43,26 @@ def corpus_stream(spec: str, tokenizer: Tokenizer, run: Run | None = None) -> Te
             "the run's validation split (it trained on this corpus)",
         )
     corpus = load_corpus(spec)
+    return document_stream(spec, corpus.documents, tokenizer, "whole corpus")
+
+
+def document_stream(spec: str, documents: list[Document], tokenizer: Tokenizer, scope: str) -> TextStream:
+    """Documents encoded as everywhere in Lumi ([separator, *tokens] each) with their per-target bytes.
+    Every document must round-trip byte for byte (Tokenizer.round_trip_problem): a lossy tokenizer cannot
+    give an honest BPB, so the first document that does not is named, with where it differs."""
     pieces: list[np.ndarray] = []
-    for doc, ids in zip(
-        corpus.documents, tokenizer.encode_batch([d.text for d in corpus.documents]), strict=True
-    ):
-        covered = int(tokenizer.token_bytes[ids].sum())
-        if covered != doc.nbytes:  # a lossy tokenizer cannot give an honest BPB
+    for doc, ids in zip(documents, tokenizer.encode_batch([d.text for d in documents]), strict=True):
+        problem = tokenizer.round_trip_problem(doc.text, ids)
+        if problem is not None:
             raise LumiError(
-                f"corpus {spec!r}, document {doc.id!r}: tokenizer {tokenizer.spec} covers {covered} of its "
-                f"{doc.nbytes} bytes; it cannot be scored losslessly with this run's tokenizer"
+                f"corpus {spec!r}, document {doc.id!r} does not tokenize losslessly with the run's tokenizer "
+                f"{tokenizer.spec}: {problem}; it cannot be scored (or trained on) with this tokenizer"
             )
         pieces.append(np.concatenate(([tokenizer.sep_id], np.asarray(ids, dtype=np.int64))))
     if not pieces:
-        raise LumiError(f"corpus {spec!r} has no documents")
+        raise LumiError(f"corpus {spec!r} has no documents for {scope}")
     tokens = np.concatenate(pieces).astype(np.int64)
-    return TextStream(spec, tokens, tokenizer.token_bytes[tokens], len(pieces), "whole corpus")
+    return TextStream(spec, tokens, tokenizer.token_bytes[tokens], len(pieces), scope)
 
 
 def _same_corpus(spec: str, run: Run) -> bool:
