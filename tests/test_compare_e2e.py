@@ -185,9 +185,14 @@ def test_crashing_arm_and_leaky_arm(corpus, tmp_path, capsys):
     assert "'peek:tiny' failed lumi check" in err and "causality" in err and "--allow-leaky" in err
     assert not (out / "runs").exists()
 
-    # With --allow-leaky it trains, flagged suspicious; the crashing arm fails alone.
-    assert main([*args, "--allow-leaky", "--json"]) == 0
+    # With --allow-leaky it trains, flagged suspicious; the crashing arm fails alone. --bench adds each
+    # arm's inference speed to the report (a model without a cache is decoded without one, and says so).
+    assert main([*args, "--allow-leaky", "--json", "--bench"]) == 0
     results = json.loads(capsys.readouterr().out)
+    bench = results["bench"]["arms"]
+    assert bench["llama:nano"]["has_cache"] and bench["llama:nano"]["cache_bytes_per_token"] == 2 * 2 * 2 * 32 * 4
+    assert bench["peek:tiny"]["has_cache"] is False and bench["peek:tiny"]["decode_b1_tok_per_s"] > 0
+    assert results["bench"]["shape"]["seq_len"] == 32
     arms = {a["label"]: a for a in results["arms"]}
     assert arms["llama:nano"]["runs"][0]["status"] == "completed"
     crash = arms["crashy:tiny"]["runs"][0]
@@ -205,4 +210,6 @@ def test_crashing_arm_and_leaky_arm(corpus, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "| crashy:tiny | 0 | failed |" in md and "suspicious" in md
     assert "peek:tiny vs llama:nano: no verdict (LEAK)" in md
+    assert "## Inference speed" in md and "(no cache)" in md
+    assert "<h2>Inference speed</h2>" in (out / "report.html").read_text()
     assert arms["peek:tiny"]["check"]["results"][1]["name"] == "causality_perturbation"

@@ -10,6 +10,7 @@
       tensorboard/       event files of train.logger=tensorboard (one per session; a resume appends)
       wandb/             wandb's own files of train.logger=wandb (offline runs: wandb sync them later)
       loggers.json       the stable wandb run id, so a resumed session continues the same wandb run
+      adapters/          `lumi adapt`'s output directories (lumi.adapt.directory), unless --out
       .lock              held by the one process that writes the directory (lumi.lock)
 
 Every verb reads runs through ``Run``: ``Run.open(path)`` for a directory that must be a run,
@@ -63,6 +64,7 @@ class Run:
         self.eval_dir = self.path / "eval"  # lumi eval's results.json and plots
         self.tensorboard_dir = self.path / "tensorboard"  # train.logger=tensorboard
         self.loggers_path = self.path / "loggers.json"  # the stable wandb id (train.logger=wandb)
+        self.adapters_dir = self.path / "adapters"  # lumi adapt's output directories
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"

@@ -23,6 +23,8 @@ VERBS: dict[str, str] = {
     "unpack": "lumi.cli.unpack",
     "report": "lumi.cli.report",
     "runs": "lumi.cli.runs",
+    "adapt": "lumi.cli.adapt",
+    "bench": "lumi.cli.bench",
 }
 
 DESCRIPTION = """\

@@ -129,6 +129,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eval-limit", type=int, metavar="N", help="with --eval tasks: the first N items of each task"
     )
+    p.add_argument(
+        "--bench",
+        action="store_true",
+        help="after training, measure each arm's inference speed (prefill, decode with the cache at batch "
+        "1 and 8, time to first token, cache bytes/token) and add it to the report (see lumi bench)",
+    )
     p.add_argument("--budget", help="per-run budget: 600steps, 2M tokens, 3e14flops, 90s, 2m, 1h")
     p.add_argument(
         "--match", choices=("tokens", "flops", "time"), help="what is equal across arms (default tokens)"
@@ -141,6 +147,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--jobs", type=int, metavar="N", help="runs in parallel (CPU threads are divided among them)"
+    )
+    p.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        help="where runs execute: local processes (default), or one Slurm job per run via submitit "
+        "(settings in the spec's launcher: section; pip install 'lumi-lab[slurm]')",
     )
     p.add_argument("--name", help="comparison name: the directory compare/<name> (default from the arms)")
     p.add_argument("--out", metavar="DIR", help="comparison directory (default compare/<name>)")
@@ -198,6 +210,12 @@ def build_spec(args: argparse.Namespace):
             raw[key] = value
     if args.allow_leaky:
         raw["allow_leaky"] = True
+    if args.bench:
+        raw["bench"] = True
+    if getattr(args, "launcher", None):  # on top of the spec's launcher: section (partition, GPUs, ...)
+        section = raw.get("launcher")
+        section = dict(section) if isinstance(section, dict) else {"kind": section} if section else {}
+        raw["launcher"] = {**section, "kind": args.launcher}
     if args.eval is not None or args.eval_tasks_dir or args.eval_limit is not None:
         from lumi.compare.evals import parse_eval_items
 

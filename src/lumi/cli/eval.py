@@ -45,7 +45,12 @@ examples:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = add_verb(subparsers, "eval", HELP, DESCRIPTION, EPILOG)
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories written by `lumi train`")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="run directories written by `lumi train`, or `lumi adapt` adapters",
+    )
     p.add_argument(
         "--corpus", metavar="SPEC[,SPEC...]", help="also score these corpora (see `lumi data corpora`)"
     )
@@ -99,6 +104,7 @@ def evaluate_run(
     request: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything `lumi eval` measures for one run (also written to RUN/eval/results.json)."""
+    from lumi.adapt.directory import AdapterDirectory
     from lumi.evals.context import context_curve, curve_lengths
     from lumi.evals.corpus import corpus_stream
     from lumi.io import write_json
@@ -115,11 +121,12 @@ def evaluate_run(
         o.batch_size,
         o.stride,
     )
-    run = Run.open(run_dir)
+    adapter = AdapterDirectory.find(run_dir)  # a `lumi adapt` adapter: its core run, adapted
+    run = adapter.core() if adapter else Run.open(run_dir)
     cfg = run.config
     found = run.checkpoint()
     dev = resolve_device(o.device, DistInfo())
-    model = run.load_model(dev, model_files or [], found)
+    model = adapter.load_model(dev, model_files) if adapter else run.load_model(dev, model_files or [], found)
     window = seq_len or cfg.train.seq_len
     limit_len = model.max_context()
     if limit_len is not None and window > limit_len:
@@ -152,6 +159,7 @@ def evaluate_run(
     result = score(data.tokens(split), data.target_bytes(split), split)
     out: dict[str, Any] = {
         "run": str(run.path),
+        "adapter": adapter.describe() if adapter else None,
         "model": cfg.model.name,
         "checkpoint": str(found),
         "step": state.get("step"),
@@ -166,7 +174,11 @@ def evaluate_run(
         "request": request,  # what a comparison asked for (lumi.compare.evals reuses matching results)
     }
     for spec in o.corpora:
-        stream = corpus_stream(spec, data.tokenizer, run)
+        stream = (
+            adapter.corpus_stream(spec, data.tokenizer)
+            if adapter
+            else corpus_stream(spec, data.tokenizer, run)
+        )
         r = score(stream.tokens, stream.target_bytes, spec)
         out["corpora"].append(
             {"corpus": spec, "scope": stream.scope, "documents": stream.documents, "bpb": r["bpb"], "loss": r["loss"],
@@ -181,8 +193,9 @@ def evaluate_run(
         from lumi.evals.tasks import run_tasks
 
         out["tasks"] = run_tasks(model, data.tokenizer, o.tasks, o.tasks_dir, o.limit, batch_size, str(dev))
-    run.eval_dir.mkdir(exist_ok=True)
-    write_json(run.eval_dir / "results.json", out)
+    eval_dir = adapter.eval_dir if adapter else run.eval_dir
+    eval_dir.mkdir(exist_ok=True)
+    write_json(eval_dir / "results.json", out)
     return out
 
 
@@ -222,7 +235,8 @@ def _plots(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]
     return [
         str(
             plot_context_curves(
-                {Path(r["run"]).name: r["context_curve"]}, Run(r["run"]).eval_dir / "context_curve.png"
+                {Path(r["run"]).name: r["context_curve"]},
+                Run((r.get("adapter") or {}).get("path") or r["run"]).eval_dir / "context_curve.png",
             )
         )
         for r in results
@@ -235,6 +249,9 @@ def _print_run(out: dict[str, Any]) -> None:
         f"{out['run']} ({out['model']}, step {out['step']}, {out['tokens']:,} tokens trained; tokenizer "
         f"{out['tokenizer']})"
     )
+    if out.get("adapter"):
+        a = out["adapter"]
+        print(f"  adapted by {a['path']} ({a['method']} on {a['domain']}, seed {a['seed']})")
     print(f"  {'text':<22} {'BPB':>7}  {'targets':>10}  scope")
     print(f"  {p['split'] + ' split':<22} {out['val_bpb']:>7.4f}  {p['targets']:>10,}  the run's own data")
     for c in out["corpora"]:

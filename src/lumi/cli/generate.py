@@ -22,8 +22,9 @@ HELP = "sample text from a trained run (temperature / top-k / top-p, KV cache)"
 
 DESCRIPTION = """\
 Continue a prompt with a trained model. RUN is a run directory written by `lumi train`
-(runs/<name>; its latest complete checkpoint is used), a checkpoint directory, or its
-model.safetensors. The tokenizer comes from the run's prepared data.
+(runs/<name>; its latest complete checkpoint is used), a checkpoint directory, its
+model.safetensors, or an adapter directory of `lumi adapt` (seed-<k>/: the core run, adapted).
+The tokenizer comes from the run's prepared data.
 
 The prompt is encoded after the document separator, exactly as documents start in training.
 Sampling: --temperature 0 is greedy (argmax); otherwise the logits are divided by the
@@ -103,13 +104,13 @@ def _random_init_model(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from lumi.adapt.directory import load_model_or_adapter
     from lumi.generate import decodes_with_cache, stream
-    from lumi.run import load_run_model
 
     if args.run and args.model:
         raise LumiError("give either RUN_DIR_OR_CHECKPOINT or --model (random init), not both")
     if args.run:
-        model, tokenizer = load_run_model(args.run, model_files=args.model_file)
+        model, tokenizer = load_model_or_adapter(args.run, model_files=args.model_file)  # a run or an adapter
         source = str(args.run)
     elif args.model:
         model, tokenizer, source = _random_init_model(args)

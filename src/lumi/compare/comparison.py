@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lumi.compare.launchers import Launcher, LocalLauncher, make_launcher
 from lumi.compare.plan import (
     ArmPlan,
     ModelFacts,
@@ -31,7 +32,7 @@ from lumi.compare.plan import (
     train_settings,
     validate_pairing,
 )
-from lumi.compare.runner import RunJob, run_jobs
+from lumi.compare.runner import RunJob
 from lumi.compare.spec import CompareSpec
 from lumi.errors import LumiError
 from lumi.io import coerce, read_yaml, write_json, write_yaml
@@ -40,7 +41,7 @@ from lumi.train.config import parse_budget
 
 # Spec keys that may change between invocations without changing any run: more seeds, another
 # threshold or baseline, a different parallelism, permission to train leaky arms.
-NON_RUN_KEYS = ("name", "seeds", "threshold", "baseline", "jobs", "allow_leaky", "eval")
+NON_RUN_KEYS = ("name", "seeds", "threshold", "baseline", "jobs", "allow_leaky", "eval", "bench")
 CHECK_SEQ_LEN = 32
 REUSABLE = ("completed", "diverged")
 
@@ -133,6 +134,7 @@ def run_comparison(
     from lumi.train.loggers import require_logger
 
     require_logger(train_settings(spec).logger)  # once here, not once per child process
+    launcher = make_launcher(spec.launcher, comp_dir)  # a missing submitit fails here, before any work
     saved = open_comparison_dir(spec, comp_dir, force, log)
     _load_plugins(spec)
     try:
@@ -146,7 +148,7 @@ def run_comparison(
     # One `lumi compare` per directory: a second one would train the same runs at once and report the
     # other's runs as failed. The lock is released when this process ends, however it ends.
     with lock_directory(comp_dir, "comparison directory"):
-        return _run_locked(spec, comp_dir, saved, retry_failed, progress, make_plots, log)
+        return _run_locked(spec, comp_dir, saved, retry_failed, progress, make_plots, log, launcher)
 
 
 def _run_locked(
@@ -157,6 +159,7 @@ def _run_locked(
     progress: bool,
     make_plots: bool,
     log: Callable[[str], None],
+    launcher: Launcher | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     from lumi.compare.report import write_report
     from lumi.compare.results import collect_results
@@ -247,10 +250,12 @@ def _run_locked(
     plan_dicts = {k: {**p.to_dict(), **facts[k].to_dict()} for k, p in plans.items()}
     rounds: list[dict[str, Any]] = []
     while True:
+        if launcher is not None:  # cluster jobs of an earlier invocation finish before runs are scheduled
+            launcher.wait_for_earlier(log)
         run_list = _schedule(run_spec, comp_dir, data_dirs, plans, threads, retry_failed, log)
         reused = len(spec.arms) * len(run_spec.seeds) - len(run_list)
         interrupted = execute_jobs(
-            run_list, jobs, {k: p.steps for k, p in plans.items()}, reused, progress, log
+            run_list, jobs, {k: p.steps for k, p in plans.items()}, reused, progress, log, launcher
         )
         results = collect_results(run_spec, comp_dir, checks=checks, plans=plan_dicts, env=env, notes=notes)
         if spec.seeds_max is None or interrupted:
@@ -278,6 +283,15 @@ def _run_locked(
         ]
         run_evals(spec.eval, runs, log)
         results = collect_results(run_spec, comp_dir, checks=checks, plans=plan_dicts, env=env, notes=notes)
+    if spec.bench and not interrupted:  # inference speed of each arm's seed-0 model, beside its BPB
+        from lumi.compare.bench import bench_arms
+
+        first_seed = run_spec.seeds[0]
+        arm_runs = [
+            (a.label, comp_dir / "runs" / a.dirname / f"seed-{first_seed}", list(a.files))
+            for a in run_spec.arms
+        ]
+        results["bench"] = bench_arms(arm_runs, seq_len, _cpu_count(), log)  # the runs are done: every core
     if spec.seeds_max is not None:
         _attach_auto(results, spec, rounds, interrupted)
     results["spec"] = json_safe(spec.to_dict())  # the requested spec (run_spec carries the tuned lrs)
@@ -301,8 +315,10 @@ def execute_jobs(
     reused: int,
     progress: bool,
     log: Callable[[str], None],
+    launcher: Launcher | None = None,
 ) -> bool:
-    """Run the jobs with the live display; True when interrupted (Ctrl-C / SIGTERM: children checkpointed)."""
+    """Run the jobs with the live display (on ``launcher``: the local pool unless given); True when
+    interrupted (Ctrl-C / SIGTERM: local children checkpointed, cluster jobs keep running)."""
     if not run_list:
         return False
     from lumi.compare.display import CompareDisplay
@@ -314,7 +330,7 @@ def execute_jobs(
         display.finished(job)
 
     try:
-        run_jobs(run_list, jobs, display.started, ended, display.tick)
+        (launcher or LocalLauncher()).run(run_list, jobs, display.started, ended, display.tick)
     except KeyboardInterrupt:
         return True
     finally:

@@ -14,6 +14,7 @@ from typing import Any
 
 from lumi.compare.arms import Arm, arm_from_mapping, parse_arm
 from lumi.compare.evals import eval_section
+from lumi.compare.launchers import LauncherSettings, launcher_section
 from lumi.errors import LumiError, closest
 from lumi.train.config import Budget, parse_budget
 
@@ -34,6 +35,8 @@ SPEC_KEYS = (
     "allow_leaky",
     "tune",
     "eval",
+    "launcher",
+    "bench",
 )
 DATA_KEYS = ("corpus", "tokenizer", "dir")
 
@@ -86,9 +89,14 @@ class CompareSpec:
     allow_leaky: bool = False
     seeds_max: int | None = None  # seeds: auto[:MAX]: one seed at a time up to this (lumi.compare.sequential)
     eval: dict[str, Any] | None = None  # extra per-seed evaluations (lumi.compare.evals)
+    bench: bool = False  # inference speed per arm after training (lumi.compare.bench)
     tune: dict[str, Any] | None = (
         None  # {param: lr, grid: auto | [..], fraction}: per-arm sweep (lumi.compare.tune)
     )
+
+    # Where the runs execute (lumi.compare.launchers); not part of to_dict(): it changes no result, so a
+    # comparison started locally can be finished on a cluster and the other way round.
+    launcher: LauncherSettings = field(default_factory=LauncherSettings)
 
     def arm(self, label: str) -> Arm:
         for a in self.arms:
@@ -116,6 +124,8 @@ class CompareSpec:
         }
         if self.eval:
             d["eval"] = dict(self.eval)
+        if self.bench:
+            d["bench"] = True
         if self.tune:  # only when set: specs saved before tuning existed stay equal
             d["tune"] = {
                 **self.tune,
@@ -307,6 +317,8 @@ def spec_from_dict(
         train=_section(raw, "train", where),
         optim=_section(raw, "optim", where),
         allow_leaky=_flag(raw.get("allow_leaky", False), "allow_leaky", where),
+        bench=_flag(raw.get("bench", False), "bench", where),
+        launcher=launcher_section(raw.get("launcher"), where),
     )
 
 

@@ -27,6 +27,7 @@ SCHEDULES = ("wsd", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 FINAL_EVALS = ("full", "subset", "none")
 LOGGERS = ("none", "tensorboard", "wandb")  # live logging of the metrics.jsonl rows (lumi.train.loggers)
+PARALLEL = ("ddp", "fsdp")  # how torchrun processes share the model (lumi.train.fsdp for fsdp)
 
 
 @dataclass
@@ -39,9 +40,12 @@ class ModelSection:
 
 @dataclass
 class DataSection:
+    # A corpus spec or a mixture "shakespeare:0.7,pystdlib:0.3"; YAML may also give a list of
+    # {name, weight} mappings, stored as that spec (lumi.data.mixture).
     corpus: str = "shakespeare"
     tokenizer: str = "bpe:4096"
     dir: str | None = None  # a prepared-data directory; None = prepare/reuse corpus+tokenizer in $LUMI_HOME
+    allow_lossy: bool = False  # accept a tokenizer that does not round-trip (BPB over the original bytes)
 
 
 @dataclass
@@ -77,6 +81,7 @@ class TrainSection:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (fp32 on CPU, bf16 autocast on CUDA) | fp32 | bf16
     compile: bool = False
+    parallel: str = "ddp"  # ddp | fsdp (FSDP2: sharded params, grads, optimizer state; under torchrun)
     threads: int | None = None  # CPU threads per process; None = torch default (divided among local ranks)
     peak_flops: float | None = None  # for MFU; None = measured once by a matmul probe and cached
     log_every: int = 10  # steps between train rows in metrics.jsonl
@@ -150,6 +155,10 @@ class TrainConfig:
                 raise LumiError(f"{source}: {section!r} must be a mapping of keys to values, got {values!r}")
             obj = getattr(cfg, section)
             for key, value in values.items():
+                if section == "data" and key == "corpus" and isinstance(value, list):
+                    from lumi.data.mixture import corpus_list_to_spec
+
+                    value = corpus_list_to_spec(value, f"{source}: data.corpus")
                 _set_field(obj, section, str(key), value, source)
         cfg.validate(source)
         return cfg
@@ -171,6 +180,7 @@ class TrainConfig:
         _one_of(source, "train.precision", t.precision, PRECISIONS)
         _one_of(source, "train.final_eval", t.final_eval, FINAL_EVALS)
         _one_of(source, "train.logger", t.logger, LOGGERS)
+        _one_of(source, "train.parallel", t.parallel, PARALLEL)
         if not isinstance(t.logger_tags, list) or not all(
             isinstance(tag, str) and tag.strip() for tag in t.logger_tags
         ):

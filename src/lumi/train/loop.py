@@ -46,6 +46,7 @@ from lumi.io import json_safe
 from lumi.lock import DirectoryLock
 from lumi.run import MetricsLog, Run, training_differences
 from lumi.train import checkpoint as ckpt
+from lumi.train.allocator import keep_freed_memory
 from lumi.train.batches import step_batch
 from lumi.train.config import Budget, TrainConfig
 from lumi.train.distributed import (
@@ -56,6 +57,7 @@ from lumi.train.distributed import (
     broadcast_object,
     setup_distributed,
 )
+from lumi.train.fsdp import ShardedModel, require_processes
 from lumi.train.loggers import Logger, NullLogger, open_logger, require_logger, warn
 from lumi.train.optim import build_optimizer
 from lumi.train.runtime import load_data, resolve_autocast, resolve_device, set_threads
@@ -63,6 +65,8 @@ from lumi.train.schedule import lr_multiplier
 
 if TYPE_CHECKING:
     from torch.nn.parallel import DistributedDataParallel
+
+    from lumi.models.base import LumiModel
 
 EMA_BETA = 0.9
 
@@ -153,6 +157,7 @@ def train(
     with StopSignal() as stop:  # from the start: a signal during setup must not leave the status `running`
         try:
             check_run_dir(config, run.path, resume, model_files)
+            require_processes(config.train.parallel, info)
             if resume and info.is_main:
                 lock = run.lock()
             done = broadcast_object(info, run.completed_summary() if resume and info.is_main else None)
@@ -249,6 +254,8 @@ class _Trainer:
         t = config.train
         set_threads(t.threads, info)
         self.device = resolve_device(t.device, info)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.autocast_dtype = resolve_autocast(t.precision, self.device)
         from lumi.models.registry import build_model, model_file_hashes
 
@@ -276,6 +283,7 @@ class _Trainer:
         self.train_tokens = self.data.tokens("train")
         self.val_tokens = self.data.tokens("val")
         self.val_bytes = self.data.target_bytes("val")
+        self.train_mixture = self.data.train_mixture()  # a corpus mixture: (token ranges, weights); else None
         if len(self.train_tokens) < t.seq_len + 1:
             raise LumiError(
                 f"the train split of {self.data.directory} has {len(self.train_tokens)} tokens, "
@@ -307,6 +315,7 @@ class _Trainer:
         self.logger: Logger = NullLogger()  # train.logger on rank 0, opened by run() next to the metrics
         self.progress: Any = None  # a lumi.progress.ProgressLine when showing progress
         self.train_model: torch.nn.Module = self.model
+        self.sharded: ShardedModel | None = None  # train.parallel=fsdp: the copy that trains (_setup_speed)
         self.peak: float = 0.0
         self.peak_source: str = ""
         self.unigram: float | None = None
@@ -462,6 +471,7 @@ class _Trainer:
                     f"the final evaluation; finish it with --resume {self.run_dir}"
                 )
             if self.status == "completed":
+                self._gather_weights()  # the final eval and the audit score the plain model
                 self._final_eval()
                 self._audit_final_weights()
         except BaseException as e:
@@ -491,10 +501,18 @@ class _Trainer:
         from lumi.train.env import peak_flops
 
         t = self.config.train
+        if t.parallel == "fsdp":  # after _restore, so the sharded copy starts from the restored state
+            mixed = self.autocast_dtype if self.device.type == "cuda" else None
+            self.sharded = ShardedModel(self.model, self.info, mixed)
+            self.optimizer = self.sharded.adopt_optimizer(
+                self.optimizer.state_dict(),
+                lambda module: build_optimizer(module, self.config.optim, self.vocab_size, self.device),
+            )
+            self.train_model = self.sharded.module
         if t.compile:
             # Compiling a Module gives an OptimizedModule, itself a Module (the stub says only Callable).
-            self.train_model = cast(torch.nn.Module, torch.compile(self.model))
-        if self.info.enabled:
+            self.train_model = cast(torch.nn.Module, torch.compile(self.train_model))
+        if self.info.enabled and self.sharded is None:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.train_model = DDP(
@@ -511,6 +529,16 @@ class _Trainer:
 
             total = self.total_steps if self.total_steps is not None else self.budget.value
             self.progress = ProgressLine(self.run_dir.name, total, plain_every_s=10.0)
+
+    def _forward_module(self) -> LumiModel:
+        """The model whose forward runs in training: the sharded copy under FSDP, else the model itself."""
+        return self.sharded.module if self.sharded is not None else self.model
+
+    def _gather_weights(self) -> None:
+        """FSDP: copy the trained weights into the plain model that evaluations, checkpoints and the audit
+        use (every rank; a collective). Without FSDP the plain model is the one that trains."""
+        if self.sharded is not None:
+            self.sharded.copy_weights_to(self.model)
 
     def _done(self) -> bool:
         if self.total_steps is not None:
@@ -585,7 +613,14 @@ class _Trainer:
     def _forward_backward(self, step: int) -> tuple[float, float]:
         t, info = self.config.train, self.info
         x_all, y_all = step_batch(
-            self.train_tokens, t.resolved_data_seed, step, t.seq_len, t.batch_size, info.rank, info.world_size
+            self.train_tokens,
+            t.resolved_data_seed,
+            step,
+            t.seq_len,
+            t.batch_size,
+            info.rank,
+            info.world_size,
+            mixture=self.train_mixture,
         )
         ce_sum = torch.zeros((), device=self.device)
         aux_sum = torch.zeros((), device=self.device)
@@ -593,16 +628,18 @@ class _Trainer:
             x = x_all[i * self.micro : (i + 1) * self.micro].to(self.device, non_blocking=True)
             y = y_all[i * self.micro : (i + 1) * self.micro].to(self.device, non_blocking=True)
             last = i == t.grad_accum - 1
+            if self.sharded is not None:
+                self.sharded.set_gradient_sync(last)
             sync = (
                 cast("DistributedDataParallel", self.train_model).no_sync()  # wrapped in DDP when enabled
-                if info.enabled and not last
+                if info.enabled and not last and self.sharded is None
                 else contextlib.nullcontext()
             )
             with sync:
                 with self._autocast():
                     logits = self.train_model(x)
                     ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-                    aux_losses = self.model.aux_losses()
+                    aux_losses = self._forward_module().aux_losses()
                     aux = sum(aux_losses.values()) if aux_losses else torch.zeros((), device=self.device)
                 ((ce + aux) / t.grad_accum).backward()
             ce_sum += ce.detach()
@@ -616,7 +653,7 @@ class _Trainer:
 
     def _clip_grads(self) -> float:
         clip = self.config.optim.grad_clip
-        params = [p for p in self.model.parameters() if p.grad is not None]
+        params = [p for p in self._forward_module().parameters() if p.grad is not None]
         if not params:
             return 0.0
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else float("inf"), foreach=True)
@@ -685,7 +722,7 @@ class _Trainer:
         }
         if aux:
             row["aux_loss"] = aux
-        for key, value in (self.model.stats() or {}).items():
+        for key, value in (self._forward_module().stats() or {}).items():
             row[key if key not in row else f"model_{key}"] = float(value)
         self._write(row)
         self.last_row = row
@@ -699,20 +736,23 @@ class _Trainer:
         return s.elapsed_s - s.last_eval_elapsed_s >= t.eval_every_s
 
     def _evaluate(self, max_targets: int | None) -> dict[str, Any]:
-        from lumi.metrics.evaluate import evaluate_bpb
+        from lumi.metrics.evaluate import evaluate_bpb, evaluate_bpb_by_corpus
 
         t = self.config.train
+        common: dict[str, Any] = {
+            "max_targets": max_targets,
+            "autocast_dtype": self.autocast_dtype,
+            "rank": self.info.rank,
+            "world_size": self.info.world_size,
+        }
+        batch = max(1, t.batch_size // t.grad_accum // self.info.world_size)
+        if self.train_mixture is not None:  # BPB per corpus and the byte-weighted total
+            ranges = self.data.corpus_ranges("val")
+            return evaluate_bpb_by_corpus(
+                self.model, self.val_tokens, self.val_bytes, ranges, t.seq_len, batch, self.device, **common
+            )
         return evaluate_bpb(
-            self.model,
-            self.val_tokens,
-            self.val_bytes,
-            t.seq_len,
-            max(1, t.batch_size // t.grad_accum // self.info.world_size),
-            self.device,
-            max_targets=max_targets,
-            autocast_dtype=self.autocast_dtype,
-            rank=self.info.rank,
-            world_size=self.info.world_size,
+            self.model, self.val_tokens, self.val_bytes, t.seq_len, batch, self.device, **common
         )
 
     def _eval_row(self, result: dict[str, Any], final: bool) -> dict[str, Any]:
@@ -725,6 +765,7 @@ class _Trainer:
             "elapsed_s": s.elapsed_s,
             "val_bpb": result["bpb"],
             "val_loss": result["loss"],
+            **{f"val_bpb/{name}": r["bpb"] for name, r in (result.get("by_corpus") or {}).items()},
             "train_loss_ema": s.loss_ema,
             "final": final,
             "protocol": result["protocol"],
@@ -733,6 +774,7 @@ class _Trainer:
         return row
 
     def _periodic_eval(self) -> None:
+        self._gather_weights()
         self.last_eval = self._evaluate(self.config.train.eval_tokens)
         self.state.last_eval_elapsed_s = self.state.elapsed_s
         self._eval_row(self.last_eval, final=False)
@@ -755,6 +797,12 @@ class _Trainer:
     def _checkpoint(self) -> None:
         s = self.state
         rngs = all_gather_object(self.info, ckpt.rng_state())
+        self._gather_weights()
+        # FSDP: every rank takes part in gathering the optimizer state; rank 0 gets it in the plain format.
+        if self.sharded is not None:
+            optimizer_state = self.sharded.full_optimizer_state(self.optimizer)
+        else:
+            optimizer_state = self.optimizer.state_dict() if self.info.is_main else {}
         if not self.info.is_main:
             barrier(self.info)
             return
@@ -782,7 +830,7 @@ class _Trainer:
         }
         state["counters"]["wall_s"] = state["wall_s"]
         try:
-            ckpt.save_checkpoint(self.rundir.checkpoints_dir, self.model, self.optimizer.state_dict(), state)
+            ckpt.save_checkpoint(self.rundir.checkpoints_dir, self.model, optimizer_state, state)
         finally:
             barrier(self.info)
 
@@ -838,6 +886,7 @@ class _Trainer:
             "final_val_bpb": fe["bpb"] if fe else None,
             "final_val_loss": fe["loss"] if fe else None,
             "final_val_protocol": fe["protocol"] if fe else None,
+            **{f"final_val_bpb/{n}": r["bpb"] for n, r in ((fe or {}).get("by_corpus") or {}).items()},
             "unigram_val_bpb": self.unigram,
             "data": str(self.data.directory),
             "tokenizer": self.data.tokenizer.spec,
