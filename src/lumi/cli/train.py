@@ -276,7 +276,9 @@ def print_summary(s: dict[str, Any]) -> None:
             f"{p['targets']:,} targets, {p['bytes']:,} bytes, windows of {p['seq_len']}, stride {p['stride']}, "
             f"documents {p['documents']})"
         )
-    per_corpus = {k.split("/", 1)[1]: v for k, v in s.items() if k.startswith("final_val_bpb/") and v is not None}
+    per_corpus = {
+        k.split("/", 1)[1]: v for k, v in s.items() if k.startswith("final_val_bpb/") and v is not None
+    }
     if per_corpus:  # a corpus mixture: the total above is their byte-weighted combination
         print("  per corpus: " + ", ".join(f"{name} {bpb:.4f}" for name, bpb in per_corpus.items()))
     if s.get("unigram_val_bpb") is not None:

@@ -257,7 +257,9 @@ def _tokenizer_record(tokenizer: Tokenizer) -> dict[str, Any]:
         return {"spec": tokenizer.spec, "definition": tokenizer.definition}
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save(Path(tmp))
-        files = {p.name: base64.b64encode(p.read_bytes()).decode("ascii") for p in sorted(Path(tmp).iterdir())}
+        files = {
+            p.name: base64.b64encode(p.read_bytes()).decode("ascii") for p in sorted(Path(tmp).iterdir())
+        }
     return {"spec": tokenizer.spec, "files": files}
 
 
