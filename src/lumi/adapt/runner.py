@@ -11,7 +11,6 @@ annealed), ``step_batch`` (seed k gives every method the same batches: the metho
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import math
@@ -253,6 +252,7 @@ def train_adapter(
     seconds, first / last loss and whether the loss diverged."""
     from lumi.train.batches import step_batch
     from lumi.train.optim import build_optimizer
+    from lumi.train.runtime import autocast_context
     from lumi.train.schedule import lr_multiplier
 
     vocab = int(model.config.vocab_size)
@@ -274,12 +274,7 @@ def train_adapter(
         t0 = time.perf_counter()
         x, y = step_batch(tokens, seed, step, seq_len, batch_size)
         x, y = x.to(device), y.to(device)
-        ctx = (
-            torch.autocast(device_type=device.type, dtype=autocast)
-            if autocast is not None
-            else contextlib.nullcontext()
-        )
-        with ctx:
+        with autocast_context(device, autocast):
             logits = model(x)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
             aux = sum(model.aux_losses().values(), torch.zeros((), device=device))

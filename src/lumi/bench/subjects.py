@@ -71,9 +71,9 @@ class Subject:
         self.compiled = True
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        from lumi.train.runtime import autocast_context
+
+        return autocast_context(self.device, self.autocast_dtype)
 
     def logits(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         return model(tokens)

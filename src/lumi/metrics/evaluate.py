@@ -16,7 +16,6 @@ target had inside its window (1-8, 9-32, 33-128, ...): the context curve.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
@@ -97,6 +96,8 @@ def evaluate_bpb(
     )
     was_training = model.training
     model.eval()
+    from lumi.train.runtime import autocast_context  # device and precision live with training
+
     acc = BpbAccumulator()
     try:
         # Full windows go in batches; a partial window (the last one) on its own.
@@ -113,12 +114,7 @@ def evaluate_bpb(
             keep = np.arange(length)[None, :] >= np.array([skip for _, _, skip in group])[:, None]
             xt = torch.from_numpy(x).to(device)
             yt = torch.from_numpy(y).to(device)
-            ctx = (
-                torch.autocast(device_type=device.type, dtype=autocast_dtype)
-                if autocast_dtype is not None
-                else contextlib.nullcontext()
-            )
-            with ctx:
+            with autocast_context(device, autocast_dtype):
                 logits = model(xt)
             nll = F.cross_entropy(
                 logits.float().reshape(-1, logits.shape[-1]), yt.reshape(-1), reduction="none"

@@ -60,7 +60,7 @@ from lumi.train.distributed import (
 from lumi.train.fsdp import ShardedModel, require_processes
 from lumi.train.loggers import Logger, NullLogger, open_logger, require_logger, warn
 from lumi.train.optim import build_optimizer
-from lumi.train.runtime import load_data, resolve_autocast, resolve_device, set_threads
+from lumi.train.runtime import autocast_context, load_data, resolve_autocast, resolve_device, set_threads
 from lumi.train.schedule import lr_multiplier
 
 if TYPE_CHECKING:
@@ -647,9 +647,7 @@ class _Trainer:
         return float(ce_sum) / t.grad_accum, float(aux_sum) / t.grad_accum
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return autocast_context(self.device, self.autocast_dtype)
 
     def _clip_grads(self) -> float:
         clip = self.config.optim.grad_clip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,13 @@ def resolve_autocast(precision: str, device: torch.device) -> torch.dtype | None
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
     return torch.bfloat16
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``, or nothing when ``dtype`` is None (plain float32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def set_threads(threads: int | None, info: DistInfo) -> None:
