@@ -120,9 +120,8 @@ class LumiSubject(Subject):
         losses = self.lumi_model.aux_losses()
         return sum(losses.values()) if losses else 0.0
 
-    @torch.no_grad()
     def decode(self, prompt: torch.Tensor, new_tokens: int) -> Any:
-        from lumi.generate import decode_greedy
+        from lumi.generate import decode_greedy  # runs under inference_mode itself
 
         self.model.eval()
         with self.autocast():
